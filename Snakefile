@@ -1,0 +1,26 @@
+"""Post-training methods compared end to end: raw data -> negatives -> reference cache ->
+training -> evaluation -> tables. See README.md and DESIGN.md."""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+if not workflow.overwrite_configfiles:  # a --configfile replaces the default, never merges into it
+    configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/world.smk"
+include: "rules/data.smk"
+include: "rules/generate.smk"
+include: "rules/refcache.smk"
+include: "rules/train.smk"
+include: "rules/eval.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    input:
+        table_outputs(),
+        f"{R}/manifest.json",
+    default_target: True

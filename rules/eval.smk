@@ -1,0 +1,52 @@
+# Evaluation: lm-eval-harness on every run instance and base model of the tables.
+
+
+rule lm_eval_tasks:
+    """Task YAMLs for a synthetic split, written by the workflow."""
+    input:
+        script=script("lm_eval_tasks"),
+        data=lambda w: f"{R}/data/{config['evals'][w.eval]['synthetic']['dataset']}/"
+        f"{config['evals'][w.eval]['synthetic']['split']}.jsonl",
+    output:
+        directory(f"{R}/eval_tasks/{{eval}}"),
+    params:
+        name=lambda w: config["evals"][w.eval]["synthetic"]["dataset"],
+        max_gen_toks=lambda w: config["evals"][w.eval]["synthetic"]["max_gen_toks"],
+        seed=lambda w: config["evals"][w.eval]["seed"],
+    log:
+        f"{R}/logs/lm_eval_tasks/{{eval}}.log",
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "{PY}.lm_eval_tasks --data {input.data} --name {params.name} --seed {params.seed} "
+        "--max-gen-toks {params.max_gen_toks} --outdir {output} > {log} 2>&1"
+
+
+def eval_inputs(w):
+    inputs = {"script": script("evaluate"), "model": subject_model(w.subject)[2]}
+    if config["evals"][w.eval].get("synthetic"):
+        inputs["tasks"] = f"{R}/eval_tasks/{w.eval}"
+    return inputs
+
+
+rule evaluate:
+    input:
+        unpack(eval_inputs),
+    output:
+        scores=f"{R}/eval/{{subject}}/{{eval}}.json",
+        samples=f"{R}/eval/{{subject}}/{{eval}}.samples.jsonl",
+    params:
+        spec=lambda w: js({k: v for k, v in config["evals"][w.eval].items() if k not in ("synthetic", "threads")}),
+        model=lambda w: subject_model(w.subject)[0],
+        revision=lambda w: revision_arg(subject_model(w.subject)[1]),
+        tasks=lambda w, input: f"--tasks-dir {input.tasks}" if "tasks" in input.keys() else "",
+    threads: lambda w: config["evals"][w.eval]["threads"]
+    log:
+        f"{R}/logs/evaluate/{{subject}}/{{eval}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{subject}}/{{eval}}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "{PY}.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.tasks} "
+        "--output {output.scores} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,50 @@
+# Seeded negative generation (one job per seed) and the merge into the 1-to-m file.
+
+
+def generation_params(w):
+    g = config["generations"][w.generation]
+    return js({k: v for k, v in g.items() if k not in ("seeds", "model", "dataset", "threads")})
+
+
+rule generate:
+    input:
+        script=script("generate"),
+        data=lambda w: f"{R}/data/{config['generations'][w.generation]['dataset']}/"
+        f"{config['generations'][w.generation]['split']}.jsonl",
+        model=lambda w: model_location(config["generations"][w.generation]["model"])[2],
+    output:
+        f"{R}/generate/{{generation}}/seed{{seed}}.jsonl",
+    params:
+        spec=generation_params,
+        model=lambda w: model_location(config["generations"][w.generation]["model"])[0],
+        revision=lambda w: revision_arg(model_location(config["generations"][w.generation]["model"])[1]),
+    threads: lambda w: config["generations"][w.generation]["threads"]
+    log:
+        f"{R}/logs/generate/{{generation}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/generate/{{generation}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    shell:
+        "{PY}.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
+        "--seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
+
+
+rule merge:
+    input:
+        script=script("merge"),
+        data=lambda w: f"{R}/data/{config['generations'][w.generation]['dataset']}/"
+        f"{config['generations'][w.generation]['split']}.jsonl",
+        seeds=lambda w: [f"{R}/generate/{w.generation}/seed{s}.jsonl"
+                         for s in config["generations"][w.generation]["seeds"]],
+    output:
+        f"{R}/merge/{{generation}}.jsonl",
+    params:
+        limit=lambda w: (f"--limit {config['generations'][w.generation]['limit']}"
+                         if config["generations"][w.generation]["limit"] else ""),
+    log:
+        f"{R}/logs/merge/{{generation}}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "{PY}.merge --data {input.data} --seed-files {input.seeds} {params.limit} --output {output} > {log} 2>&1"

@@ -1,0 +1,27 @@
+# Reference log-prob cache, one per (reference model, data, length settings).
+
+
+rule refcache:
+    input:
+        script=script("refcache"),
+        data=lambda w: data_file(config["runs"][REFCACHES[w.cache]]["data"]),
+        model=lambda w: model_location(run_ref(REFCACHES[w.cache]))[2],
+    output:
+        tensors=f"{R}/refcache/{{cache}}.safetensors",
+        meta=f"{R}/refcache/{{cache}}.json",
+    params:
+        spec=lambda w: js({**refcache_settings(REFCACHES[w.cache]), "batch_size": config["refcache"]["batch_size"]}),
+        model=lambda w: model_location(run_ref(REFCACHES[w.cache]))[0],
+        revision=lambda w: revision_arg(model_location(run_ref(REFCACHES[w.cache]))[1]),
+    wildcard_constraints:
+        cache="|".join(REFCACHES) or "(?!)",
+    threads: config["refcache"]["threads"]
+    log:
+        f"{R}/logs/refcache/{{cache}}.log",
+    benchmark:
+        f"{R}/benchmarks/refcache/{{cache}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{PY}.refcache --params {params.spec:q} --model {params.model} {params.revision} --data {input.data} "
+        "--output {output.tensors} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,38 @@
+# Tables from the eval JSON, and the provenance manifest.
+
+
+rule table:
+    input:
+        script=script("tables"),
+        evals=lambda w: [f for files in eval_files(w.table).values() for f in files],
+    output:
+        tex=f"{R}/tables/{{table}}.tex",
+        csv=f"{R}/tables/{{table}}.csv",
+        md=report(f"{R}/tables/{{table}}.md", category="Tables"),
+    params:
+        spec=lambda w: js({**config["tables"][w.table], "name": w.table}),
+        files=lambda w: js(eval_files(w.table)),
+    log:
+        f"{R}/logs/table/{{table}}.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "{PY}.tables --params {params.spec:q} --files {params.files:q} --prefix {R}/tables/{wildcards.table} "
+        "> {log} 2>&1"
+
+
+rule manifest:
+    input:
+        script=script("manifest"),
+        tables=table_outputs(),
+    output:
+        f"{R}/manifest.json",
+    params:
+        config=js(config),
+    log:
+        f"{R}/logs/manifest.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "{PY}.manifest --config {params.config:q} --results {R} --workflow-dir {workflow.basedir:q} "
+        "--output {output} > {log} 2>&1"

@@ -1,0 +1,1 @@
+"""Stage logic of the post-training comparison workflow (one module per stage)."""

@@ -1,0 +1,48 @@
+"""Provenance manifest: git commit, package versions, resolved config and every artifact's digest."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+from .io import run_cli, sha256_file, write_json
+from .versions import package_versions
+
+SKIPPED_PARTS = {"checkpoints", "logs", "benchmarks"}
+
+
+def git_state(root: str) -> dict:
+    def git(*cmd):
+        return subprocess.run(["git", "-C", root, *cmd], capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def artifact_digests(results: str) -> dict[str, str]:
+    """sha256 of every file under results/, except checkpoints, logs, benchmarks and the manifest."""
+    root = Path(results)
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if SKIPPED_PARTS & set(rel.parts) or rel.name.startswith(".") or rel.name == "manifest.json":
+            continue
+        out[str(rel)] = sha256_file(path)
+    return out
+
+
+def main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="JSON: the resolved config")
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--workflow-dir", required=True)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    digests = artifact_digests(args.results)
+    write_json(args.output, {"git": git_state(args.workflow_dir), "versions": package_versions(),
+                             "config": json.loads(args.config), "artifacts": digests})
+    print(f"manifest: {len(digests)} artifacts")
+
+
+if __name__ == "__main__":
+    run_cli(main)

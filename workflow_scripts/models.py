@@ -1,0 +1,52 @@
+"""Loading models and tokenizers (local folder or hub id at a pinned revision) and their digests."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from .io import sha256_tree
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "tokenizer.model")
+
+
+def local_dir(model: str, revision: str | None = None) -> Path:
+    """The folder holding a model: itself, or its snapshot in the local hub cache (never downloads)."""
+    if os.path.isdir(model):
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, revision=revision, local_files_only=True))
+
+
+def weights_digest(model: str, revision: str | None = None) -> str:
+    return sha256_tree(local_dir(model, revision), "*.safetensors")
+
+
+def tokenizer_digest(model: str, revision: str | None = None) -> str:
+    """Digest of the tokenizer files, chat template included."""
+    folder = local_dir(model, revision)
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            h.update(name.encode() + b"\0" + sha256_tree(folder / name).encode())
+    return h.hexdigest()
+
+
+def load_tokenizer(model: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model, revision=revision)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model: str, revision: str | None = None, dtype: str = "float32", trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=getattr(torch, dtype),
+                                                trust_remote_code=trust_remote_code)

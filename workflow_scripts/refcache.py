@@ -1,0 +1,100 @@
+"""Reference log-prob cache: l_ref(chosen) and l_ref(negative j) for every example, keyed by id.
+
+Written as `<name>.safetensors` (tensors) and `<name>.json` (ids in row order and the digests of
+reference weights, tokenizer + chat template, data file and encoding settings). Training refuses
+a cache whose digests differ from its own inputs, naming the one that differs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .data import read_pairs
+from .encoding import encode_examples, forward_logps
+from .io import InputError, atomic_path, read_json, run_cli, sha256_file, write_json
+from .models import load_model, load_tokenizer, tokenizer_digest, weights_digest
+
+SETTINGS = ("max_length", "max_prompt_length", "prompt_format")
+
+
+def expected_digests(model: str, revision: str | None, data: str, settings: dict) -> dict:
+    return {
+        "reference_weights": weights_digest(model, revision),
+        "tokenizer": tokenizer_digest(model, revision),
+        "data": sha256_file(data),
+        "settings": json.dumps({k: settings.get(k) for k in SETTINGS}, sort_keys=True),
+    }
+
+
+def build(model_path: str, revision: str | None, data: str, settings: dict, batch_size: int) -> tuple[dict, list[str], int]:
+    tokenizer = load_tokenizer(model_path, revision)
+    model = load_model(model_path, revision, settings.get("dtype", "float32"))
+    model.eval()
+    records = read_pairs(data)
+    k = min(len(r["negatives"]) for r in records)
+    examples, n_truncated = encode_examples(tokenizer, records, list(range(k)), settings)
+    chosen, chosen_n, negs, negs_n = [], [], [], []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", mininterval=5):
+            c, cn, n, nn = forward_logps(model, examples[start: start + batch_size], tokenizer.pad_token_id)
+            chosen.append(c), chosen_n.append(cn), negs.append(n), negs_n.append(nn)
+    tensors = {
+        "chosen": torch.cat(chosen).double(), "chosen_tokens": torch.cat(chosen_n),
+        "negatives": torch.cat(negs).double(), "negatives_tokens": torch.cat(negs_n),
+    }
+    return tensors, [e.id for e in examples], n_truncated
+
+
+class RefCache:
+    """Cached reference log-probs, checked against the digests of the caller's inputs."""
+
+    def __init__(self, path: str, expected: dict):
+        meta_path = path.removesuffix(".safetensors") + ".json"
+        meta = read_json(meta_path)
+        for key, value in expected.items():
+            if meta["digests"].get(key) != value:
+                raise InputError(meta_path, f"reference cache does not match this run: the {key} digest differs "
+                                 f"(cache {meta['digests'].get(key)!r}, run {value!r}); rebuild the cache",
+                                 field=f"digests.{key}")
+        self.tensors = load_file(path)
+        self.row = {id_: i for i, id_ in enumerate(meta["ids"])}
+        self.path = path
+
+    def lookup(self, ids: list[str], columns: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            rows = torch.tensor([self.row[i] for i in ids])
+        except KeyError as e:
+            raise InputError(self.path, f"id {e.args[0]!r} is not in the reference cache", field="ids") from None
+        return self.tensors["chosen"][rows], self.tensors["negatives"][rows][:, columns]
+
+
+def main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True, help="JSON: max_length, max_prompt_length, batch_size, ...")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--output", required=True, help="<name>.safetensors; <name>.json is written beside it")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    settings = json.loads(args.params)
+    tensors, ids, n_truncated = build(args.model, args.revision, args.data, settings, settings["batch_size"])
+    meta_path = args.output.removesuffix(".safetensors") + ".json"
+    write_json(meta_path, {
+        "ids": ids, "n_examples": len(ids), "n_negatives": tensors["negatives"].shape[1],
+        "n_truncated": n_truncated, "model": args.model, "revision": args.revision,
+        "digests": expected_digests(args.model, args.revision, args.data, settings),
+    })
+    with atomic_path(args.output) as tmp:
+        save_file(tensors, str(tmp))
+    print(f"reference log-probs for {len(ids)} examples x (1 + {tensors['negatives'].shape[1]}) responses; "
+          f"{n_truncated} responses truncated")
+
+
+if __name__ == "__main__":
+    run_cli(main)
