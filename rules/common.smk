@@ -4,7 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from snakemake.exceptions import WorkflowError
 from workflow_scripts.config import ConfigError, NEEDS_REF, check_config, run_hyperparameters
@@ -15,7 +15,6 @@ except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 R = "results"
-PY = "python -m workflow_scripts"
 
 
 wildcard_constraints:
@@ -106,3 +105,54 @@ def eval_files(table):
 
 def table_outputs():
     return [f"{R}/tables/{t}.{ext}" for t in config["tables"] for ext in ("tex", "csv", "md")]
+
+
+def data_source(w):
+    d = config["datasets"][w.dataset]
+    if d.get("build") == "synthetic":
+        return f"{R}/raw/{w.dataset}"
+    if d.get("path"):
+        return d["path"][w.split]
+    return []
+
+
+def data_source_arg(w, input):
+    d = config["datasets"][w.dataset]
+    if d.get("build") == "synthetic":
+        return f"--source {input.source}/{w.split}.jsonl"
+    if d.get("path"):
+        return f"--source {input.source}"
+    return ""
+
+
+def generation_params(w):
+    g = config["generations"][w.generation]
+    return js({k: v for k, v in g.items() if k not in ("seeds", "model", "dataset", "threads")})
+
+
+def train_inputs(w):
+    run = config["runs"][w.run]
+    inputs = {"script": script("train"), "data": data_file(run["data"]), "model": model_location(run["model"])[2]}
+    if NEEDS_REF[run["method"]]:
+        inputs["ref_model"] = model_location(run_ref(w.run))[2]
+        if uses_refcache(w.run):
+            inputs["refcache"] = f"{R}/refcache/{refcache_name(w.run)}.safetensors"
+    return inputs
+
+
+def reference_args(w, input):
+    run = config["runs"][w.run]
+    if not NEEDS_REF[run["method"]]:
+        return ""
+    path, revision, _ = model_location(run_ref(w.run))
+    args = f"--ref-model {path}" + (f" --ref-revision {revision}" if revision else "")
+    if uses_refcache(w.run):
+        args += f" --refcache {input.refcache}"
+    return args
+
+
+def eval_inputs(w):
+    inputs = {"script": script("evaluate"), "model": subject_model(w.subject)[2]}
+    if config["evals"][w.eval].get("synthetic"):
+        inputs["tasks"] = f"{R}/eval_tasks/{w.eval}"
+    return inputs

@@ -18,15 +18,8 @@ rule lm_eval_tasks:
     conda:
         "../envs/eval.yaml"
     shell:
-        "{PY}.lm_eval_tasks --data {input.data} --name {params.name} --seed {params.seed} "
+        "python -m workflow_scripts.lm_eval_tasks --data {input.data} --name {params.name} --seed {params.seed} "
         "--max-gen-toks {params.max_gen_toks} --outdir {output} > {log} 2>&1"
-
-
-def eval_inputs(w):
-    inputs = {"script": script("evaluate"), "model": subject_model(w.subject)[2]}
-    if config["evals"][w.eval].get("synthetic"):
-        inputs["tasks"] = f"{R}/eval_tasks/{w.eval}"
-    return inputs
 
 
 rule evaluate:
@@ -48,5 +41,5 @@ rule evaluate:
     conda:
         "../envs/eval.yaml"
     shell:
-        "{PY}.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.tasks} "
+        "python -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.tasks} "
         "--output {output.scores} --threads {threads} > {log} 2>&1"

@@ -1,11 +1,6 @@
 # Seeded negative generation (one job per seed) and the merge into the 1-to-m file.
 
 
-def generation_params(w):
-    g = config["generations"][w.generation]
-    return js({k: v for k, v in g.items() if k not in ("seeds", "model", "dataset", "threads")})
-
-
 rule generate:
     input:
         script=script("generate"),
@@ -26,7 +21,7 @@ rule generate:
     conda:
         "../envs/generate.yaml"
     shell:
-        "{PY}.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
+        "python -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
         "--seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 
@@ -47,4 +42,4 @@ rule merge:
     conda:
         "../envs/data.yaml"
     shell:
-        "{PY}.merge --data {input.data} --seed-files {input.seeds} {params.limit} --output {output} > {log} 2>&1"
+        "python -m workflow_scripts.merge --data {input.data} --seed-files {input.seeds} {params.limit} --output {output} > {log} 2>&1"

@@ -23,5 +23,5 @@ rule refcache:
     conda:
         "../envs/train.yaml"
     shell:
-        "{PY}.refcache --params {params.spec:q} --model {params.model} {params.revision} --data {input.data} "
+        "python -m workflow_scripts.refcache --params {params.spec:q} --model {params.model} {params.revision} --data {input.data} "
         "--output {output.tensors} --threads {threads} > {log} 2>&1"

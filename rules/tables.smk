@@ -12,12 +12,13 @@ rule table:
     params:
         spec=lambda w: js({**config["tables"][w.table], "name": w.table}),
         files=lambda w: js(eval_files(w.table)),
+        prefix=lambda w: f"{R}/tables/{w.table}",
     log:
         f"{R}/logs/table/{{table}}.log",
     conda:
         "../envs/report.yaml"
     shell:
-        "{PY}.tables --params {params.spec:q} --files {params.files:q} --prefix {R}/tables/{wildcards.table} "
+        "python -m workflow_scripts.tables --params {params.spec:q} --files {params.files:q} --prefix {params.prefix} "
         "> {log} 2>&1"
 
 
@@ -34,5 +35,5 @@ rule manifest:
     conda:
         "../envs/report.yaml"
     shell:
-        "{PY}.manifest --config {params.config:q} --results {R} --workflow-dir {workflow.basedir:q} "
+        "python -m workflow_scripts.manifest --config {params.config:q} "
         "--output {output} > {log} 2>&1"

@@ -17,7 +17,7 @@ rule build_tiny_model:
     conda:
         "../envs/train.yaml"
     shell:
-        "{PY}.tiny_world --params {params.spec:q} --outdir {output} --threads {threads} > {log} 2>&1"
+        "python -m workflow_scripts.tiny_world --params {params.spec:q} --outdir {output} --threads {threads} > {log} 2>&1"
 
 
 rule build_synthetic_dataset:
@@ -33,4 +33,4 @@ rule build_synthetic_dataset:
     conda:
         "../envs/data.yaml"
     shell:
-        "{PY}.synthetic --params {params.spec:q} --outdir {output} > {log} 2>&1"
+        "python -m workflow_scripts.synthetic --params {params.spec:q} --outdir {output} > {log} 2>&1"

@@ -20,7 +20,7 @@ def git_state(root: str) -> dict:
 
 
 def artifact_digests(results: str) -> dict[str, str]:
-    """sha256 of every file under results/, except checkpoints, logs, benchmarks and the manifest."""
+    """sha256 of every file under the results folder, except checkpoints, logs, benchmarks and the manifest."""
     root = Path(results)
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -34,12 +34,10 @@ def artifact_digests(results: str) -> dict[str, str]:
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="JSON: the resolved config")
-    parser.add_argument("--results", required=True)
-    parser.add_argument("--workflow-dir", required=True)
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    digests = artifact_digests(args.results)
-    write_json(args.output, {"git": git_state(args.workflow_dir), "versions": package_versions(),
+    digests = artifact_digests(str(Path(args.output).parent))
+    write_json(args.output, {"git": git_state(str(Path(__file__).resolve().parents[1])), "versions": package_versions(),
                              "config": json.loads(args.config), "artifacts": digests})
     print(f"manifest: {len(digests)} artifacts")
 

@@ -1,0 +1,142 @@
+"""Real snakemake runs: config errors before any job, a full run of a mini config, rerun plans."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "tests/configs/mini.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(workdir, *args, timeout=900):
+    cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+           "-d", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+
+
+def planned_jobs(result) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def write_config(path, config):
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["runs"]["dft"].update(method="dfft"), "runs.dft.method"),
+    (lambda c: c["runs"]["sft"].update(model="no_such_model"), "unknown model 'no_such_model'"),
+    (lambda c: c["runs"]["sft"].update(learning_rate=0.1), "'learning_rate' was unexpected"),
+    (lambda c: c.update(run=c.pop("runs")), "(top level): Additional properties are not allowed ('run' was unexpected)"),
+    (lambda c: c["tables"]["mini_table"]["rows"].append("nope"), "unknown run or model 'nope'"),
+    (lambda c: c["runs"]["dft"].update(m=2, epochs=2), "needs 4 negatives per example"),
+])
+def test_config_error_fails_before_any_job(tmp_path, edit, message):
+    config = yaml.safe_load(MINI.read_text())
+    edit(config)
+    result = snakemake(tmp_path, "-n", "--configfile", write_config(tmp_path / "bad.yaml", config))
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Job stats" not in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_default_config_plans_every_stage():
+    jobs = planned_jobs(snakemake(ROOT, "-n", "--forceall"))
+    for rule in ("build_tiny_model", "build_synthetic_dataset", "data", "generate", "merge", "refcache", "train",
+                 "lm_eval_tasks", "evaluate", "table", "manifest"):
+        assert jobs.get(rule, 0) >= 1, rule
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert jobs["generate"] == len(config["generations"]["arith_neg"]["seeds"])
+    assert jobs["train"] == len(config["runs"])
+
+
+def test_lint_is_clean():
+    result = snakemake(ROOT, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_configfile_replaces_the_default_instead_of_merging(tmp_path):
+    result = snakemake(tmp_path, "-n", "--configfile", str(MINI))
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    assert "results/models/mini" in text and "arith" not in text and "results/models/tiny" not in text
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mini")
+    config = write_config(workdir / "config.yaml", yaml.safe_load(MINI.read_text()))
+    result = snakemake(workdir, "--cores", "2", "--configfile", config)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return workdir, config
+
+
+def test_mini_run_produces_tables_evals_and_manifest(mini_run):
+    workdir, _ = mini_run
+    res = workdir / "results"
+    tex = (res / "tables/mini_table.tex").read_text()
+    assert r"\toprule" in tex and r"\textbf{" in tex
+    for row in ("mini", "sft", "dft", "dft2", "dpo"):
+        assert re.search(rf"^{row} & ", tex, re.M), row
+    scores = json.loads((res / "eval/sft/seed42/toy_eval.json").read_text())
+    assert set(scores["scores"]) == {"toy_gen", "toy_mc"}
+    assert scores["protocol"]["apply_chat_template"] is True and scores["protocol"]["versions"]["lm_eval"]
+    manifest = json.loads((res / "manifest.json").read_text())
+    assert "train/dft/seed42/model/model.safetensors" in manifest["artifacts"]
+    assert manifest["config"]["runs"]["dft"]["gamma"] == 0.85  # resolved defaults recorded
+    merged = [json.loads(line) for line in (res / "merge/toy_neg.jsonl").read_text().splitlines()]
+    assert len(merged) == 64 and all(len(r["negatives"]) == 2 for r in merged)
+    run = json.loads((res / "train/dft/seed42/run.json").read_text())
+    assert run["effective_global_batch"] == 16 and run["optimizer_steps"] == 8
+    assert run["digests"]["refcache"]
+    log = [json.loads(line) for line in (res / "train/dft/seed42/train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 8 and all("u" in entry for entry in log)
+
+
+def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):
+    workdir, config_path = mini_run
+    assert planned_jobs(snakemake(workdir, "-n", "--configfile", config_path)) == {}
+    config = yaml.safe_load(Path(config_path).read_text())
+    config["runs"]["sft"]["lr"] = 0.002
+    changed = write_config(tmp_path / "changed.yaml", config)
+    result = snakemake(workdir, "-n", "--configfile", changed)
+    assert planned_jobs(result) == {"train": 1, "evaluate": 1, "table": 1, "manifest": 1, "all": 1}
+    assert "results/train/sft/seed42" in result.stdout
+    # a default that sft does not read (beta) changes nothing for it
+    config["runs"]["sft"]["lr"] = 0.001
+    config["runs"]["sft"]["beta"] = 0.5
+    same = write_config(tmp_path / "same.yaml", config)
+    assert "train" not in planned_jobs(snakemake(workdir, "-n", "--configfile", same))
+
+
+def test_bad_input_leaves_no_output(mini_run, tmp_path):
+    workdir, config_path = mini_run
+    seed_file = workdir / "results/generate/toy_neg/seed1.jsonl"
+    backup = seed_file.read_text()
+    try:
+        seed_file.write_text(backup.splitlines()[0] + "\n")  # drops ids
+        result = snakemake(workdir, "--cores", "1", "--configfile", config_path, "--forcerun", "merge",
+                           "--until", "merge")
+        assert result.returncode != 0
+        log = (workdir / "results/logs/merge/toy_neg.log").read_text()
+        assert "seed1.jsonl, field 'id': 63 ids of the data are missing" in log
+        assert not (workdir / "results/merge/toy_neg.jsonl").exists()
+    finally:
+        seed_file.write_text(backup)
+        shutil.rmtree(workdir / ".snakemake" / "incomplete", ignore_errors=True)
