@@ -19,6 +19,15 @@ include: "rules/eval.smk"
 include: "rules/tables.smk"
 
 
+localrules:
+    all,
+    build_synthetic_dataset,
+    merge,
+    lm_eval_tasks,
+    table,
+    manifest,
+
+
 rule all:
     input:
         table_outputs(),

@@ -119,8 +119,6 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
-    if p["backend"] != "hf":
-        raise SystemExit(f"backend {p['backend']!r} is not available in this environment")
     records = read_jsonl(args.data, validate_record)
     if p.get("limit"):
         records = records[: p["limit"]]
