@@ -7,7 +7,7 @@ sys.path.insert(0, workflow.basedir)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from snakemake.exceptions import WorkflowError
-from workflow_scripts.config import ConfigError, NEEDS_REF, check_config, run_hyperparameters
+from workflow_scripts.config import METHODS, ConfigError, check_config, run_hyperparameters
 
 try:
     check_config(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
@@ -54,30 +54,54 @@ def revision_arg(revision):
 
 
 def data_file(name):
-    """Training data of a run: a dataset's train split or a generation's merged negatives."""
+    """Training data named in the config: a dataset's train split or a generation's merged negatives."""
     if name in config["generations"]:
         return f"{R}/merge/{name}.jsonl"
     return f"{R}/data/{name}/train.jsonl"
 
 
-def run_ref(run):
-    r = config["runs"][run]
-    return r["ref"] or r["model"]
+def run_data(run, seed):
+    """Training data of one (run, seed): SPIN iterations train on their own generations."""
+    if config["runs"][run].get("spin"):
+        return f"{R}/spin/{run}/seed{seed}.jsonl"
+    return data_file(config["runs"][run]["data"])
 
 
-def refcache_name(run):
+def run_model(run, seed):
+    """(path or hub id, revision, inputs) of the model a run starts from: SPIN iteration k > 1
+    starts from iteration k-1 of the same training seed."""
+    previous = (config["runs"][run].get("spin") or {}).get("previous")
+    if previous:
+        path = f"{R}/train/{previous}/seed{seed}/model"
+        return path, None, [path]
+    return model_location(config["runs"][run]["model"])
+
+
+def run_ref(run, seed):
+    """(path or hub id, revision, inputs) of the run's reference model (SPIN: the starting model)."""
     r = config["runs"][run]
-    return f"{run_ref(run)}--{r['data']}--{r['max_length']}-{r['max_prompt_length']}"
+    if r.get("spin"):
+        return run_model(run, seed)
+    return model_location(r["ref"] or r["model"])
 
 
 def refcache_settings(run):
-    r = config["runs"][run]
-    return {k: r[k] for k in ("max_length", "max_prompt_length", "prompt_format", "dtype")}
+    """Encoding settings the cache shares with its runs (train.refcache_settings adds nothing else)."""
+    r, spec = config["runs"][run], METHODS[config["runs"][run]["method"]]
+    return {"max_length": r["max_length"], "max_prompt_length": r["max_prompt_length"],
+            "prompt_format": r["prompt_format"], "dtype": r["dtype"], "token_level": spec.token_ref,
+            "kl_pairs": spec.kl_pairs}
+
+
+def refcache_name(run):
+    r, spec = config["runs"][run], METHODS[config["runs"][run]["method"]]
+    flags = ("-tok" if spec.token_ref else "") + ("-kl" if spec.kl_pairs else "")
+    return f"{r['ref'] or r['model']}--{r['data']}--{r['max_length']}-{r['max_prompt_length']}{flags}"
 
 
 def uses_refcache(run):
     r = config["runs"][run]
-    return NEEDS_REF[r["method"]] and r["ref_logps"] == "cache"
+    return METHODS[r["method"]].needs_ref and r["ref_logps"] == "cache"
 
 
 REFCACHES = {refcache_name(run): run for run in config["runs"] if uses_refcache(run)}
@@ -131,24 +155,28 @@ def generation_params(w):
 
 
 def train_inputs(w):
-    run = config["runs"][w.run]
-    inputs = {"script": script("train"), "data": data_file(run["data"]), "model": model_location(run["model"])[2]}
-    if NEEDS_REF[run["method"]]:
-        inputs["ref_model"] = model_location(run_ref(w.run))[2]
+    inputs = {"script": script("train"), "data": run_data(w.run, w.seed), "model": run_model(w.run, w.seed)[2]}
+    if METHODS[config["runs"][w.run]["method"]].needs_ref:
+        inputs["ref_model"] = run_ref(w.run, w.seed)[2]
         if uses_refcache(w.run):
             inputs["refcache"] = f"{R}/refcache/{refcache_name(w.run)}.safetensors"
     return inputs
 
 
 def reference_args(w, input):
-    run = config["runs"][w.run]
-    if not NEEDS_REF[run["method"]]:
+    if not METHODS[config["runs"][w.run]["method"]].needs_ref:
         return ""
-    path, revision, _ = model_location(run_ref(w.run))
+    path, revision, _ = run_ref(w.run, w.seed)
     args = f"--ref-model {path}" + (f" --ref-revision {revision}" if revision else "")
     if uses_refcache(w.run):
         args += f" --refcache {input.refcache}"
     return args
+
+
+def spin_generation_params(w):
+    """Sampling settings of a SPIN iteration's own responses (one per prompt, seed = training seed)."""
+    g = config["runs"][w.run]["generation"]
+    return js({k: v for k, v in g.items() if k != "threads"})
 
 
 def eval_inputs(w):

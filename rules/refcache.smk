@@ -5,14 +5,14 @@ rule refcache:
     input:
         script=script("refcache"),
         data=lambda w: data_file(config["runs"][REFCACHES[w.cache]]["data"]),
-        model=lambda w: model_location(run_ref(REFCACHES[w.cache]))[2],
+        model=lambda w: run_ref(REFCACHES[w.cache], None)[2],
     output:
         tensors=f"{R}/refcache/{{cache}}.safetensors",
         meta=f"{R}/refcache/{{cache}}.json",
     params:
         spec=lambda w: js({**refcache_settings(REFCACHES[w.cache]), "batch_size": config["refcache"]["batch_size"]}),
-        model=lambda w: model_location(run_ref(REFCACHES[w.cache]))[0],
-        revision=lambda w: revision_arg(model_location(run_ref(REFCACHES[w.cache]))[1]),
+        model=lambda w: run_ref(REFCACHES[w.cache], None)[0],
+        revision=lambda w: revision_arg(run_ref(REFCACHES[w.cache], None)[1]),
     wildcard_constraints:
         cache="|".join(REFCACHES) or "(?!)",
     threads: config["refcache"]["threads"]

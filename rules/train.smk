@@ -10,8 +10,8 @@ rule train:
         run=f"{R}/train/{{run}}/seed{{seed}}/run.json",
     params:
         hp=lambda w: js(run_hyperparameters(config["runs"][w.run], int(w.seed))),
-        model=lambda w: model_location(config["runs"][w.run]["model"])[0],
-        revision=lambda w: revision_arg(model_location(config["runs"][w.run]["model"])[1]),
+        model=lambda w: run_model(w.run, w.seed)[0],
+        revision=lambda w: revision_arg(run_model(w.run, w.seed)[1]),
         reference=reference_args,
         outdir=lambda w: f"{R}/train/{w.run}/seed{w.seed}",
     threads: lambda w: config["runs"][w.run]["threads"]

@@ -1,34 +1,56 @@
-"""Losses against independent float64 implementations written from METHODS.md."""
+"""Losses against independent float64 implementations written from METHODS.md (loops, numpy)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from workflow_scripts.encoding import sequence_logps
-from workflow_scripts.losses import METHODS, Stats, dft2_loss, dft_loss, dpo_loss, negative_columns, sft_loss
+from workflow_scripts.config import METHODS, negative_columns
+from workflow_scripts.encoding import token_logps
+from workflow_scripts.losses import (
+    LOSSES, Batch, dft2_loss, dft_loss, dpo_bmc_loss, dpo_loss, dynft_loss, kto_loss, sft_loss, simpo_loss,
+)
 
 
-def random_stats(b=5, m=3, seed=0):
+def random_batch(b=5, k=4, t=9, seed=0, ref="sums"):
+    """Per-token log-probs [b, k, t] with ragged masks (every row keeps >= 1 token)."""
     g = torch.Generator().manual_seed(seed)
-    n_c = torch.randint(1, 20, (b,), generator=g).double()
-    n_n = torch.randint(1, 20, (b, m), generator=g).double()
-    return Stats(
-        chosen=(-torch.rand(b, generator=g, dtype=torch.float64) * 30).requires_grad_(),
-        chosen_n=n_c,
-        negatives=(-torch.rand(b, m, generator=g, dtype=torch.float64) * 30).requires_grad_(),
-        negatives_n=n_n,
-        ref_chosen=-torch.rand(b, generator=g, dtype=torch.float64) * 30,
-        ref_negatives=-torch.rand(b, m, generator=g, dtype=torch.float64) * 30,
-    )
+    lengths = torch.randint(1, t + 1, (b, k), generator=g)
+    starts = torch.randint(0, t, (b, k), generator=g).clamp(max=t - lengths)
+    pos = torch.arange(t)
+    mask = (pos >= starts[..., None]) & (pos < (starts + lengths)[..., None])
+    logps = (-torch.rand(b, k, t, generator=g, dtype=torch.float64) * 4 * mask).requires_grad_()
+    ref_tok = -torch.rand(b, k, t, generator=g, dtype=torch.float64) * 4 * mask
+    batch = Batch(logps, mask, ref_tok if ref == "tokens" else ref_tok.sum(-1))
+    batch.edit_mask = (torch.rand(b, k, t, generator=g) < 0.4).double() * mask
+    batch.kl_logps = -torch.rand(b, k, generator=g, dtype=torch.float64) * 20
+    batch.kl_ref_logps = -torch.rand(b, k, generator=g, dtype=torch.float64) * 20
+    return batch
 
 
 def np_(t):
     return t.detach().numpy().astype(np.float64)
 
 
+def seq(batch):
+    """(sums, counts, ref sums) with explicit loops."""
+    lp, mask = np_(batch.logps), np_(batch.mask)
+    b, k, t = lp.shape
+    sums = np.array([[sum(lp[i, j, s] for s in range(t) if mask[i, j, s]) for j in range(k)] for i in range(b)])
+    counts = mask.sum(-1)
+    if batch.ref_logps is None:
+        return sums, counts, None
+    ref = np_(batch.ref_logps)
+    return sums, counts, ref if ref.ndim == 2 else (ref * mask).sum(-1)
+
+
+def seq_grad_to_tokens(batch, grad_seq):
+    """d loss / d token log-prob from d loss / d l(y) (the same for every unmasked token)."""
+    return grad_seq[..., None] * np_(batch.mask)
+
+
 def ref_dft(chosen, negs, scores, u_old, gamma):
-    """Per example, with explicit loops: value, gradient coefficients and new u."""
+    """Per example: value, gradient coefficients w.r.t. chosen / negatives, and the new u."""
     b, m = negs.shape
     loss, u_new = 0.0, np.zeros(b)
     grad_c, grad_n = np.zeros(b), np.zeros((b, m))
@@ -49,67 +71,168 @@ def test_dft_two_consecutive_steps_match_reference(gamma):
     u = torch.zeros(5, dtype=torch.float64)
     u_ref = np.zeros(5)
     for step in range(2):
-        s = random_stats(seed=step)
-        out = dft_loss(s, hp, u)
+        batch = random_batch(seed=step)
+        out = dft_loss(batch, hp, u)
         out.loss.backward()
-        scores = np_(s.negatives) / hp["tau"] - np_(s.ref_negatives)
-        loss, u_ref, grad_c, grad_n = ref_dft(np_(s.chosen), np_(s.negatives), scores, u_ref, gamma)
+        sums, _, ref = seq(batch)
+        scores = sums[:, 1:] / hp["tau"] - ref[:, 1:]
+        loss, u_ref, grad_c, grad_n = ref_dft(sums[:, 0], sums[:, 1:], scores, u_ref, gamma)
         assert out.loss.item() == pytest.approx(loss, rel=1e-12)
         np.testing.assert_allclose(np_(out.state), u_ref, rtol=1e-12)
-        np.testing.assert_allclose(np_(s.chosen.grad), grad_c, rtol=1e-12)
-        np.testing.assert_allclose(np_(s.negatives.grad), grad_n, rtol=1e-12)
+        grad = seq_grad_to_tokens(batch, np.concatenate([grad_c[:, None], grad_n], 1))
+        np.testing.assert_allclose(np_(batch.logps.grad), grad, rtol=1e-12, atol=1e-15)
         u = out.state
 
 
 def test_dft2_uses_mean_logps_and_no_reference():
     hp = {"tau": 0.3, "gamma": 0.9}
-    s = random_stats(seed=3)
-    s.ref_negatives = None
+    batch = random_batch(seed=3)
+    batch.ref_logps = None
     u_old = torch.full((5,), -0.5, dtype=torch.float64)
-    out = dft2_loss(s, hp, u_old)
+    out = dft2_loss(batch, hp, u_old)
     out.loss.backward()
-    c = np_(s.chosen) / (np_(s.chosen_n) + 1e-8)
-    n = np_(s.negatives) / (np_(s.negatives_n) + 1e-8)
-    loss, u_ref, grad_c, grad_n = ref_dft(c, n, n / hp["tau"], np_(u_old), hp["gamma"])
+    sums, counts, _ = seq(batch)
+    means = sums / (counts + 1e-8)
+    loss, u_ref, grad_c, grad_n = ref_dft(means[:, 0], means[:, 1:], means[:, 1:] / hp["tau"], np_(u_old), hp["gamma"])
     assert out.loss.item() == pytest.approx(loss, rel=1e-12)
     np.testing.assert_allclose(np_(out.state), u_ref, rtol=1e-12)
-    np.testing.assert_allclose(np_(s.chosen.grad), grad_c / (np_(s.chosen_n) + 1e-8), rtol=1e-10)
-    np.testing.assert_allclose(np_(s.negatives.grad), grad_n / (np_(s.negatives_n) + 1e-8), rtol=1e-10)
+    grad = seq_grad_to_tokens(batch, np.concatenate([grad_c[:, None], grad_n], 1) / (counts + 1e-8))
+    np.testing.assert_allclose(np_(batch.logps.grad), grad, rtol=1e-10, atol=1e-15)
 
 
-def test_dpo_matches_hand_computation():
-    s = random_stats(seed=4)
+def sigmoid_dpo_reference(chosen, rejected, ref_chosen, ref_rejected, beta):
+    """(loss, d/d chosen, d/d rejected) of mean -log sigmoid(beta * margin)."""
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+    loss = np.mean([math.log1p(math.exp(-beta * x)) for x in margin])
+    coef = np.array([beta / (1 + math.exp(beta * x)) for x in margin]) / len(margin)
+    return loss, -coef, coef, margin
+
+
+@pytest.mark.parametrize("method", ["dpo", "scdpo", "spin"])
+def test_dpo_family_matches_hand_computation(method):
+    batch = random_batch(seed=4)
     beta = 0.1
-    out = dpo_loss(s, {"beta": beta}, None)
+    out = LOSSES[method](batch, {"beta": beta}, None)
     out.loss.backward()
-    margin = (np_(s.chosen) - np_(s.ref_chosen)) - (np_(s.negatives)[:, 0] - np_(s.ref_negatives)[:, 0])
-    expected = np.mean([math.log1p(math.exp(-beta * x)) for x in margin])
-    assert out.loss.item() == pytest.approx(expected, rel=1e-12)
-    sig = 1 / (1 + np.exp(beta * margin))  # d/dx -logsigmoid(beta x) = -beta * sigmoid(-beta x)
-    np.testing.assert_allclose(np_(s.chosen.grad), -beta * sig / len(margin), rtol=1e-10)
-    np.testing.assert_allclose(np_(s.negatives.grad)[:, 0], beta * sig / len(margin), rtol=1e-10)
-    assert np.all(np_(s.negatives.grad)[:, 1:] == 0)
+    sums, _, ref = seq(batch)
+    loss, g_c, g_r, margin = sigmoid_dpo_reference(sums[:, 0], sums[:, 1], ref[:, 0], ref[:, 1], beta)
+    assert out.loss.item() == pytest.approx(loss, rel=1e-12)
+    grad_seq = np.zeros(sums.shape)
+    grad_seq[:, 0], grad_seq[:, 1] = g_c, g_r
+    np.testing.assert_allclose(np_(batch.logps.grad), seq_grad_to_tokens(batch, grad_seq), rtol=1e-10, atol=1e-15)
     assert out.metrics["rewards/accuracy"] == pytest.approx(np.mean(margin > 0))
 
 
+@pytest.mark.parametrize("weight_reference", [True, False])
+def test_dpo_bmc_weighted_scores(weight_reference):
+    batch = random_batch(seed=6, k=2, ref="tokens")
+    hp = {"beta": 0.05, "delta": 2.5, "bmc_weight_reference": weight_reference}
+    out = dpo_bmc_loss(batch, hp)
+    out.loss.backward()
+    lp, mask, edit, ref = np_(batch.logps), np_(batch.mask), np_(batch.edit_mask), np_(batch.ref_logps)
+    b, k, t = lp.shape
+
+    def weight(x, e):
+        return 1 + e * min(math.exp(-x), hp["delta"])
+
+    score = np.array([[sum(weight(lp[i, j, s], edit[i, j, s]) * lp[i, j, s] for s in range(t) if mask[i, j, s])
+                       for j in range(2)] for i in range(b)])
+    if weight_reference:
+        ref_score = np.array([[sum(weight(ref[i, j, s], edit[i, j, s]) * ref[i, j, s] for s in range(t) if mask[i, j, s])
+                               for j in range(2)] for i in range(b)])
+    else:
+        ref_score = (ref * mask).sum(-1)
+    loss, g_c, g_r, _ = sigmoid_dpo_reference(score[:, 0], score[:, 1], ref_score[:, 0], ref_score[:, 1], hp["beta"])
+    assert out.loss.item() == pytest.approx(loss, rel=1e-12)
+    w = np.vectorize(weight)(lp, edit) * mask  # the weights are constants (sg(p_t))
+    expected = np.stack([g_c[:, None] * w[:, 0], g_r[:, None] * w[:, 1]], 1)
+    np.testing.assert_allclose(np_(batch.logps.grad), expected, rtol=1e-10, atol=1e-15)
+    assert any(min(math.exp(-x), hp["delta"]) == hp["delta"] for x in lp[mask.astype(bool)])  # the clamp is exercised
+
+
+@pytest.mark.parametrize("sft_weight", [0.0, 0.7])
+def test_simpo_and_simpo_sft(sft_weight):
+    batch = random_batch(seed=7)
+    hp = {"beta": 2.0, "gamma_beta_ratio": 0.5, "sft_weight": sft_weight}
+    out = simpo_loss(batch, hp)
+    out.loss.backward()
+    sums, counts, _ = seq(batch)
+    means = sums / (counts + 1e-8)
+    gamma = hp["beta"] * hp["gamma_beta_ratio"]
+    x = hp["beta"] * (means[:, 0] - means[:, 1]) - gamma
+    loss = np.mean([math.log1p(math.exp(-v)) for v in x])
+    coef = np.array([hp["beta"] / (1 + math.exp(v)) for v in x]) / len(x)
+    grad_seq = np.zeros(sums.shape)
+    grad_seq[:, 0], grad_seq[:, 1] = -coef / (counts[:, 0] + 1e-8), coef / (counts[:, 1] + 1e-8)
+    grad = seq_grad_to_tokens(batch, grad_seq)
+    if sft_weight:
+        loss += sft_weight * -sums[:, 0].sum() / (counts[:, 0].sum() + 1e-8)
+        grad[:, 0] += -sft_weight / (counts[:, 0].sum() + 1e-8) * np_(batch.mask)[:, 0]
+    assert out.loss.item() == pytest.approx(loss, rel=1e-12)
+    np.testing.assert_allclose(np_(batch.logps.grad), grad, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("given_kl", [None, 0.8, -0.3])
+def test_kto_with_kl_reference_point(given_kl):
+    batch = random_batch(seed=8, k=2)
+    hp = {"beta": 0.3, "desirable_weight": 1.0, "undesirable_weight": 1.33}
+    state = None if given_kl is None else torch.tensor(given_kl, dtype=torch.float64)
+    out = kto_loss(batch, hp, state)
+    out.loss.backward()
+    sums, _, ref = seq(batch)
+    kl_batch = np.mean(np_(batch.kl_logps) - np_(batch.kl_ref_logps))
+    z = max(0.0, kl_batch if given_kl is None else given_kl)
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    b, beta = len(sums), hp["beta"]
+    losses, grad_seq = [], np.zeros(sums.shape)
+    for i in range(b):
+        r_w, r_l = sums[i, 0] - ref[i, 0], sums[i, 1] - ref[i, 1]
+        losses += [hp["desirable_weight"] * (1 - sig(beta * (r_w - z))),
+                   hp["undesirable_weight"] * (1 - sig(beta * (z - r_l)))]
+        s_w, s_l = sig(beta * (r_w - z)), sig(beta * (z - r_l))
+        grad_seq[i, 0] = -hp["desirable_weight"] * beta * s_w * (1 - s_w) / (2 * b)
+        grad_seq[i, 1] = hp["undesirable_weight"] * beta * s_l * (1 - s_l) / (2 * b)
+    assert out.loss.item() == pytest.approx(np.mean(losses), rel=1e-12)
+    assert out.metrics["kl"] == pytest.approx(z, rel=1e-12)
+    np.testing.assert_allclose(np_(batch.logps.grad), seq_grad_to_tokens(batch, grad_seq), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.8, 0.0])
+def test_dynft_token_weights(alpha):
+    batch = random_batch(seed=9)
+    out = dynft_loss(batch, {"alpha": alpha})
+    out.loss.backward()
+    lp, mask = np_(batch.logps)[:, 0], np_(batch.mask)[:, 0]
+    weights = alpha * np.exp(lp) + (1 - alpha)
+    n = mask.sum() + 1e-8
+    assert out.loss.item() == pytest.approx((mask * weights * -lp).sum() / n, rel=1e-12)
+    expected = np.zeros(np_(batch.logps).shape)
+    expected[:, 0] = -mask * weights / n
+    np.testing.assert_allclose(np_(batch.logps.grad), expected, rtol=1e-10, atol=1e-15)
+    if alpha == 0.0:
+        assert out.loss.item() == pytest.approx(sft_loss(batch, {}).loss.item(), rel=1e-12)
+
+
 def test_sft_is_token_mean_nll():
-    s = random_stats(seed=5)
-    out = sft_loss(s, {}, None)
-    assert out.loss.item() == pytest.approx(-np_(s.chosen).sum() / np_(s.chosen_n).sum(), rel=1e-12)
+    batch = random_batch(seed=5)
+    sums, counts, _ = seq(batch)
+    out = sft_loss(batch, {}, None)
+    assert out.loss.item() == pytest.approx(-sums[:, 0].sum() / (counts[:, 0].sum() + 1e-8), rel=1e-12)
 
 
-def test_sequence_logps_against_full_log_softmax():
+def test_token_logps_against_full_log_softmax():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 11, generator=g, dtype=torch.float64)
     ids = torch.randint(0, 11, (3, 7), generator=g)
     mask = torch.zeros(3, 7, dtype=torch.bool)
     mask[0, 3:], mask[1, 1:5], mask[2, 6] = True, True, True
-    got, n = sequence_logps(logits, ids, mask)
+    got, got_mask = token_logps(logits, ids, mask)
     full = torch.log_softmax(logits, -1)
     for row in range(3):
-        expected = sum(full[row, t - 1, ids[row, t]].item() for t in range(1, 7) if mask[row, t])
-        assert got[row].item() == pytest.approx(expected, rel=1e-12)
-        assert n[row].item() == int(mask[row, 1:].sum())
+        for t in range(1, 7):
+            expected = full[row, t - 1, ids[row, t]].item() if mask[row, t] else 0.0
+            assert got[row, t - 1].item() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert int(got_mask[row].sum()) == int(mask[row, 1:].sum())
 
 
 def test_negative_columns_per_epoch():
@@ -120,8 +243,32 @@ def test_negative_columns_per_epoch():
     assert negative_columns("dpo", {}, 3) == [0]
 
 
-def test_config_method_tables_agree_with_the_loss_registry():
-    from workflow_scripts.config import METHOD_KEYS, NEEDS_REF
+def test_every_configured_method_has_a_loss():
+    assert set(METHODS) == set(LOSSES)
 
-    assert set(METHOD_KEYS) == set(METHODS) == set(NEEDS_REF)
-    assert all(NEEDS_REF[k] == METHODS[k].needs_ref for k in METHODS)
+
+class TwoProcessStub:
+    """accelerator.reduce(x, 'sum') as if a second process held `other` (the epoch-end all-reduce)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, other):
+        self.other = other
+
+    def reduce(self, tensor, op):
+        assert op == "sum"
+        return tensor + self.other.pop(0)
+
+
+def test_epoch_end_u_averaging_over_visiting_processes():
+    from workflow_scripts.train import _average_state
+
+    u0 = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    visited0 = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    u1 = torch.tensor([5.0, 0.0, 7.0, 9.0], dtype=torch.float64)
+    visited1 = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    stub = TwoProcessStub([u1 * visited1, visited1])
+    _average_state(stub, u0, visited0, reset=True)
+    # id 0 seen by both -> mean; id 1 only here; id 2 only there; id 3 by none -> unchanged
+    assert u0.tolist() == [3.0, 2.0, 7.0, 4.0]
+    assert visited0.tolist() == [0.0] * 4

@@ -5,6 +5,7 @@ Kept free of torch so that planning stays fast. Every error names the key path.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import jsonschema
 import yaml
@@ -12,14 +13,52 @@ import yaml
 NAME = re.compile(r"^[A-Za-z0-9_]+$")
 COMMON_KEYS = ["method", "lr", "epochs", "batch_size", "micro_batch_size", "warmup_ratio", "weight_decay",
                "max_grad_norm", "adam_betas", "adam_eps", "schedule", "dtype", "max_length", "max_prompt_length",
-               "prompt_format"]
-METHOD_KEYS = {  # hyper-parameters each method reads, beyond COMMON_KEYS
-    "sft": [],
-    "dpo": ["beta"],
-    "dft": ["tau", "gamma", "m", "sample", "reset_visited"],
-    "dft2": ["tau", "gamma", "m", "sample", "reset_visited"],
+               "prompt_format", "lora", "checkpoint_every", "keep_checkpoints"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method reads and needs; the loss itself is `losses.LOSSES[name]`."""
+    keys: tuple[str, ...]        # hyper-parameters it reads beyond COMMON_KEYS
+    negatives: int | str         # negatives per example in one step: a number or "m"
+    needs_ref: bool
+    stateful: bool = False       # keeps a per-example state (DFT's u), checkpointed
+    token_ref: bool = False      # needs the reference's per-token log-probs (DPO-BMC)
+    edit_mask: bool = False      # needs the DPO-BMC token-difference mask
+    kl_pairs: bool = False       # needs KTO's mismatched (prompt, completion) pairs
+
+    def n_negatives(self, hp: dict) -> int:
+        return hp["m"] if self.negatives == "m" else self.negatives
+
+
+DFT_KEYS = ("tau", "gamma", "m", "sample", "reset_visited")
+METHODS = {
+    "sft": MethodSpec((), 0, needs_ref=False),
+    "dynft": MethodSpec(("alpha",), 0, needs_ref=False),
+    "dpo": MethodSpec(("beta",), 1, needs_ref=True),
+    "scdpo": MethodSpec(("beta",), 1, needs_ref=True),
+    "spin": MethodSpec(("beta",), 1, needs_ref=True),
+    "dpo_bmc": MethodSpec(("beta", "delta", "bmc_weight_reference"), 1, needs_ref=True, token_ref=True,
+                          edit_mask=True),
+    "simpo": MethodSpec(("beta", "gamma_beta_ratio"), 1, needs_ref=False),
+    "simpo_sft": MethodSpec(("beta", "gamma_beta_ratio", "sft_weight"), 1, needs_ref=False),
+    "kto": MethodSpec(("beta", "desirable_weight", "undesirable_weight"), 1, needs_ref=True, kl_pairs=True),
+    "dft": MethodSpec(DFT_KEYS, "m", needs_ref=True, stateful=True),
+    "dft2": MethodSpec(DFT_KEYS, "m", needs_ref=False, stateful=True),
 }
-NEEDS_REF = {"sft": False, "dpo": True, "dft": True, "dft2": False}
+
+
+def negative_columns(method: str, hp: dict, epoch: int) -> list[int]:
+    """Negative columns used in an epoch: e*m..(e+1)*m-1 with `sample: true`, else 0..m-1."""
+    m = METHODS[method].n_negatives(hp)
+    start = epoch * m if hp.get("sample") else 0
+    return list(range(start, start + m))
+
+
+def negatives_required(method: str, hp: dict) -> int:
+    """How many negatives per example the data must hold for the whole run."""
+    m = METHODS[method].n_negatives(hp)
+    return m * hp["epochs"] if hp.get("sample") else m
 
 
 class ConfigError(Exception):
@@ -73,24 +112,14 @@ def check_references(config: dict) -> None:
         need(f"generations.{name}.model", g["model"], models, "model")
         need(f"generations.{name}.dataset", g["dataset"], datasets, "dataset")
     for name, r in runs.items():
-        need(f"runs.{name}.method", r["method"], METHOD_KEYS, "method")
+        need(f"runs.{name}.method", r["method"], METHODS, "method")
         need(f"runs.{name}.model", r["model"], models, "model")
         need(f"runs.{name}.data", r["data"], {**datasets, **generations}, "dataset or generation")
         if r.get("ref") is not None:
             need(f"runs.{name}.ref", r["ref"], models, "model")
         if r["max_prompt_length"] >= r["max_length"]:
             raise ConfigError(f"config error at runs.{name}: max_prompt_length must be below max_length")
-        if r["method"] in {"dft", "dft2"} and r["data"] not in generations:
-            raise ConfigError(f"config error at runs.{name}.data: {r['method']} needs generated negatives "
-                              f"(a generation), not the dataset '{r['data']}'")
-        if r["data"] in generations:
-            have = len(generations[r["data"]]["seeds"])
-            m = r["m"] if r["method"] in {"dft", "dft2"} else 1
-            need_n = m * r["epochs"] if r["method"] in {"dft", "dft2"} and r["sample"] else m
-            if have < need_n:
-                raise ConfigError(f"config error at runs.{name}: needs {need_n} negatives per example "
-                                  f"(m={m}, epochs={r['epochs']}, sample={r.get('sample')}); "
-                                  f"generation '{r['data']}' has {have} seeds")
+        _check_negatives(name, r, datasets, generations)
     for name, e in evals.items():
         if e.get("synthetic"):
             need(f"evals.{name}.synthetic.dataset", e["synthetic"]["dataset"], datasets, "dataset")
@@ -105,15 +134,55 @@ def check_references(config: dict) -> None:
                                   f"'{col['metric']}' is not among eval '{t['eval']}' tasks {tasks}")
 
 
+def _check_negatives(name: str, r: dict, datasets: dict, generations: dict) -> None:
+    """The run's data must hold the negatives its method reads over all its epochs."""
+    method = r["method"]
+    if method == "spin":
+        if r["data"] not in datasets:
+            raise ConfigError(f"config error at runs.{name}.data: spin generates its own negatives from a dataset "
+                              f"(prompts and ground truth), not the generation '{r['data']}'")
+        return
+    need = negatives_required(method, r)
+    if not need:
+        return
+    if r["data"] in generations:
+        have, source = len(generations[r["data"]]["seeds"]), f"generation '{r['data']}' has {{}} seeds"
+    else:
+        have = 1 if datasets[r["data"]]["mapping"].get("rejected") else 0
+        source = f"dataset '{r['data']}' maps {{}} rejected response(s)"
+    if have < need:
+        raise ConfigError(f"config error at runs.{name}: {method} needs {need} negatives per example "
+                          f"(m={r.get('m')}, epochs={r['epochs']}, sample={r.get('sample')}); " + source.format(have))
+
+
+def expand_spin(config: dict) -> None:
+    """SPIN run R with K iterations -> runs R_iter1 .. R_iter{K-1} and R (the last iteration).
+
+    Iteration k trains from iteration k-1's model (the run's model for k = 1), uses that model
+    as its reference, and its rejected responses are that model's own generations.
+    """
+    runs = config["runs"]
+    for name in [n for n, r in runs.items() if r["method"] == "spin"]:
+        r = runs[name]
+        names = [f"{name}_iter{k}" for k in range(1, r["iterations"])] + [name]
+        for k, iteration in enumerate(names, start=1):
+            if iteration != name and iteration in runs:
+                raise ConfigError(f"config error at runs.{iteration}: the name is taken by iteration {k} of spin run "
+                                  f"'{name}'")
+            runs[iteration] = dict(r, ref=None, ref_logps="live", spin={
+                "run": name, "iteration": k, "previous": names[k - 2] if k > 1 else None})
+
+
 def check_config(config: dict, schema_path: str) -> dict:
     validate_schema(config, schema_path)
     check_references(config)
+    expand_spin(config)
     return config
 
 
 def run_hyperparameters(run: dict, seed: int) -> dict:
     """Only the keys the run's method reads, so that an unrelated default never reruns it."""
-    keys = COMMON_KEYS + METHOD_KEYS[run["method"]]
+    keys = COMMON_KEYS + list(METHODS[run["method"]].keys)
     hp = {k: run[k] for k in keys if k in run}
     hp["seed"] = seed
     return hp

@@ -1,7 +1,7 @@
 """Prompt rendering, prompt + response tokenisation with the recipe's truncation, and padding."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -65,53 +65,86 @@ def pad_batch(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask}
 
 
-def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
-    """Summed response log-probs and token counts per row (logits[:, :-1] predict ids[:, 1:]).
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
+    """Per-token log-probs of the labels (logits[:, :-1] predict ids[:, 1:]), zero off the mask, and the mask.
 
-    Uses gather - logsumexp, so no float32 log-softmax over the vocabulary is kept.
+    Uses gather - logsumexp, so no log-softmax over the vocabulary is kept for backward.
     """
     logits = logits[:, :-1]
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     labels = input_ids[:, 1:]
     mask = loss_mask[:, 1:]
-    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    token_logps = token_logps * mask
-    return token_logps.sum(-1), mask.sum(-1)
+    logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return logps * mask, mask
 
 
 @dataclass
 class Example:
-    """One training example tokenised: the chosen response and the selected negatives."""
+    """One training example tokenised: the chosen response, the selected negatives and, for KTO,
+    the mismatched rows (this prompt with the previous example's responses)."""
     id: str
     chosen: Encoded
     negatives: list[Encoded]
+    kl: list[Encoded] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[Encoded]:
+        return [self.chosen, *self.negatives]
 
 
-def encode_examples(tokenizer, records: list[dict], columns: list[int], settings: dict) -> tuple[list[Example], int]:
-    """Tokenise records (negatives in `columns`) with the recipe's truncation; also count truncations."""
+def encode_examples(tokenizer, records: list[dict], columns: list[int], settings: dict,
+                    kl_pairs: bool = False) -> tuple[list[Example], int]:
+    """Tokenise records (negatives in `columns`) with the recipe's truncation; also count truncations.
+
+    With `kl_pairs`, example i also gets (prompt_i, response of example i-1) for each of its
+    responses, cyclically in file order: KTO's mismatched pairs, fixed per id so that the
+    reference cache can hold them.
+    """
     examples, n_truncated = [], 0
-    for r in records:
-        prompt_ids = encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"], prompt_format=settings.get("prompt_format")))
+    prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"], prompt_format=settings.get("prompt_format")))
+               for r in records]
 
-        def join(text):
-            return join_truncated(prompt_ids, encode_response(tokenizer, text), settings["max_length"],
-                                  settings["max_prompt_length"], r["id"])
+    def join(i, text):
+        return join_truncated(prompts[i], encode_response(tokenizer, text), settings["max_length"],
+                              settings["max_prompt_length"], records[i]["id"])
 
-        ex = Example(r["id"], join(r["chosen"]), [join(r["negatives"][c]) for c in columns])
-        n_truncated += ex.chosen.truncated + sum(n.truncated for n in ex.negatives)
+    for i, r in enumerate(records):
+        ex = Example(r["id"], join(i, r["chosen"]), [join(i, r["negatives"][c]) for c in columns])
+        if kl_pairs:
+            prev = records[i - 1]
+            ex.kl = [join(i, prev["chosen"])] + [join(i, prev["negatives"][c]) for c in columns]
+        n_truncated += sum(e.truncated for e in ex.rows)
         examples.append(ex)
     return examples, n_truncated
 
 
-def forward_logps(model, examples: list[Example], pad_id: int):
-    """One forward over [chosen; neg_1; ...; neg_m] of the batch: (chosen, chosen_n, negs [B,m], negs_n [B,m])."""
-    m = len(examples[0].negatives)
-    seqs = [e.chosen for e in examples] + [e.negatives[j] for j in range(m) for e in examples]
+@dataclass
+class Forward:
+    """Per-token log-probs of a micro-batch, [B, K, T] with K = 1 + negatives (column 0 chosen)."""
+    logps: torch.Tensor
+    mask: torch.Tensor
+    input_ids: torch.Tensor                 # [B, K, T + 1], the padded rows
+    kl_logps: torch.Tensor | None = None    # [B, K] summed, on the mismatched KTO rows
+
+
+def forward_logps(model, examples: list[Example], pad_id: int) -> Forward:
+    """One forward over [chosen; neg_1; ...; neg_m (; KL rows)] of the micro-batch."""
+    b, k = len(examples), len(examples[0].rows)
+    seqs = [e.rows[j] for j in range(k) for e in examples]
+    n_kl = len(examples[0].kl)
+    seqs += [e.kl[j] for j in range(n_kl) for e in examples]
     batch = pad_batch(seqs, pad_id)
     device = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                   use_cache=False).logits
-    logps, n = sequence_logps(logits, batch["input_ids"].to(device), batch["loss_mask"].to(device))
-    b = len(examples)
-    return logps[:b], n[:b], logps[b:].view(m, b).T, n[b:].view(m, b).T
+    ids = batch["input_ids"].to(device)
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
+    logps, mask = token_logps(logits, ids, batch["loss_mask"].to(device))
+
+    def grid(x, cols):  # rows ordered column-major [col0 of all examples; col1; ...] -> [B, cols, ...]
+        return x.view(cols, b, *x.shape[1:]).transpose(0, 1)
+
+    main = slice(0, b * k)
+    out = Forward(grid(logps[main], k), grid(mask[main], k), grid(ids[main], k))
+    if n_kl:
+        out.kl_logps = grid(logps[b * k:].sum(-1), n_kl)
+    return out

@@ -12,7 +12,7 @@ import json
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -22,6 +22,7 @@ from transformers.generation.logits_process import (
 from .data import validate_record
 from .encoding import encode_prompt, render_prompt
 from .io import read_jsonl, run_cli, write_jsonl
+from .models import load_model, load_tokenizer
 
 
 def request_seed(example_id: str, seed: int) -> int:
@@ -91,9 +92,9 @@ def generate_hf(model, tokenizer, prompts: list[str], seeds: list[int], p: dict)
     return results
 
 
-def generate(records: list[dict], model_path: str, p: dict, seed: int) -> list[dict]:
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+def generate(records: list[dict], model_path: str, p: dict, seed: int, revision: str | None = None) -> list[dict]:
+    tokenizer = load_tokenizer(model_path, revision)
+    model = load_model(model_path, revision, p.get("dtype", "float32"))
     model.eval()
     out = []
     batch = p["batch_size"]
@@ -113,6 +114,7 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--params", required=True, help="JSON: the generation's config entry")
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", required=True)
+    parser.add_argument("--revision", default=None)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
@@ -122,7 +124,7 @@ def main(argv: list[str] | None) -> None:
     records = read_jsonl(args.data, validate_record)
     if p.get("limit"):
         records = records[: p["limit"]]
-    results = generate(records, args.model, p, args.seed)
+    results = generate(records, args.model, p, args.seed, args.revision)
     write_jsonl(args.output, results)
     stopped = sum(r["finish_reason"] == "stop" for r in results)
     print(f"seed {args.seed}: {len(results)} samples, {stopped} stopped at EOS")

@@ -1,8 +1,9 @@
-"""Training losses as pure functions of per-sequence log-prob statistics (METHODS.md).
+"""Training losses as pure functions of per-token log-probs and masks (METHODS.md).
 
-Each loss takes a `Stats` (summed log-probs and token counts of the policy, and of the
-reference where the method has one), the run's hyper-parameters and the method's state, and
-returns the scalar loss, metrics and the new state. Shapes: chosen [B], negatives [B, m].
+Every loss takes a `Batch` (the policy's per-token log-probs of the label tokens and the response
+masks, shaped [B, K, T] with K = 1 + negatives, column 0 the chosen response; the reference's
+log-probs where the method has one), the run's hyper-parameters and the method's state, and
+returns the scalar loss, metrics and the new state.
 """
 from __future__ import annotations
 
@@ -17,13 +18,27 @@ EPS = 1e-8
 
 
 @dataclass
-class Stats:
-    chosen: torch.Tensor
-    chosen_n: torch.Tensor
-    negatives: torch.Tensor
-    negatives_n: torch.Tensor
-    ref_chosen: torch.Tensor | None = None
-    ref_negatives: torch.Tensor | None = None
+class Batch:
+    logps: torch.Tensor                       # [B, K, T] per-token log-probs, zero off the mask
+    mask: torch.Tensor                        # [B, K, T] response tokens
+    ref_logps: torch.Tensor | None = None     # [B, K] summed, or [B, K, T] per token (Method.token_ref)
+    edit_mask: torch.Tensor | None = None     # [B, K, T] DPO-BMC token-difference mask
+    kl_logps: torch.Tensor | None = None      # [B, K] KTO: policy l(y) on mismatched (prompt, completion) pairs
+    kl_ref_logps: torch.Tensor | None = None  # [B, K] the same under the reference
+
+    @property
+    def sums(self) -> torch.Tensor:
+        """l(y) for every response, [B, K]."""
+        return (self.logps * self.mask).sum(-1)
+
+    @property
+    def means(self) -> torch.Tensor:
+        """lbar(y) = l(y) / (n_tokens + 1e-8), [B, K]."""
+        return self.sums / (self.mask.sum(-1).to(self.logps.dtype) + EPS)
+
+    @property
+    def ref_sums(self) -> torch.Tensor:
+        return self.ref_logps if self.ref_logps.dim() == 2 else (self.ref_logps * self.mask).sum(-1)
 
 
 @dataclass
@@ -33,24 +48,122 @@ class LossOutput:
     state: torch.Tensor | None = None
 
 
-def sft_loss(s: Stats, hp: dict, state=None) -> LossOutput:
+def _token_nll(logps: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_t m_t * w_t * CE_t / (sum_t m_t + 1e-8) over the micro-batch's tokens."""
+    ce = -logps * mask
+    if weights is not None:
+        ce = ce * weights
+    return ce.sum() / (mask.sum().to(logps.dtype) + EPS)
+
+
+def sft_loss(b: Batch, hp: dict, state=None) -> LossOutput:
     """Negative log-likelihood of the chosen responses, averaged over their tokens."""
-    loss = -s.chosen.sum() / s.chosen_n.sum().clamp(min=1)
-    return LossOutput(loss, {"logps/chosen": s.chosen.mean().item()})
+    loss = _token_nll(b.logps[:, 0], b.mask[:, 0])
+    return LossOutput(loss, {"logps/chosen": b.sums[:, 0].mean().item()})
 
 
-def dpo_loss(s: Stats, hp: dict, state=None) -> LossOutput:
-    """Sigmoid DPO on (chosen, first negative): -logsigmoid(beta * (margin_w - margin_l))."""
-    chosen_reward = s.chosen - s.ref_chosen
-    rejected_reward = s.negatives[:, 0] - s.ref_negatives[:, 0]
+def dynft_loss(b: Batch, hp: dict, state=None) -> LossOutput:
+    """Dynamic Fine-Tuning: token CE weighted by w_t = alpha * sg(p_t) + (1 - alpha); alpha 1 is the official loss."""
+    logps, mask = b.logps[:, 0], b.mask[:, 0]
+    p = logps.detach().exp()
+    weights = hp["alpha"] * p + (1.0 - hp["alpha"])
+    loss = _token_nll(logps, mask, weights)
+    return LossOutput(loss, {"logps/chosen": b.sums[:, 0].mean().item(),
+                             "token_prob": ((p * mask).sum() / mask.sum().clamp(min=1)).item()})
+
+
+def _sigmoid_dpo(chosen, rejected, ref_chosen, ref_rejected, beta: float) -> LossOutput:
+    chosen_reward = chosen - ref_chosen
+    rejected_reward = rejected - ref_rejected
     logits = chosen_reward - rejected_reward
-    loss = -F.logsigmoid(hp["beta"] * logits).mean()
+    loss = -F.logsigmoid(beta * logits).mean()
     return LossOutput(loss, {
-        "rewards/chosen": hp["beta"] * chosen_reward.mean().item(),
-        "rewards/rejected": hp["beta"] * rejected_reward.mean().item(),
+        "rewards/chosen": beta * chosen_reward.mean().item(),
+        "rewards/rejected": beta * rejected_reward.mean().item(),
         "rewards/accuracy": (logits > 0).float().mean().item(),
-        "logps/chosen": s.chosen.mean().item(),
-        "logps/rejected": s.negatives[:, 0].mean().item(),
+        "rewards/margin": beta * logits.mean().item(),
+        "logps/chosen": chosen.mean().item(),
+        "logps/rejected": rejected.mean().item(),
+    })
+
+
+def dpo_loss(b: Batch, hp: dict, state=None) -> LossOutput:
+    """Sigmoid DPO on (chosen, first negative): -logsigmoid(beta * (margin_w - margin_l)).
+
+    Also the loss of SPIN (rejected = the previous iteration's own generation, reference = that
+    model) and of Step-Controlled DPO (pairs from a correct prefix).
+    """
+    s, r = b.sums, b.ref_sums
+    return _sigmoid_dpo(s[:, 0], s[:, 1], r[:, 0], r[:, 1], hp["beta"])
+
+
+def bmc_weights(logps: torch.Tensor, edit_mask: torch.Tensor, delta: float) -> torch.Tensor:
+    """DPO-BMC token weights w_t = 1 + mask_t * min(1 / sg(p_t), delta)."""
+    return 1.0 + edit_mask * torch.clamp(torch.exp(-logps.detach()), max=delta)
+
+
+def dpo_bmc_loss(b: Batch, hp: dict, state=None) -> LossOutput:
+    """DPO-BMC: sigmoid DPO on weighted scores sum_t w_t log p_t of (pseudo-winning, losing).
+
+    With `bmc_weight_reference` (upstream) the reference's per-token log-probs are weighted the
+    same way with the reference's own p_t; otherwise the reference enters as plain l_ref(y).
+    """
+    delta, pair = hp["delta"], slice(0, 2)
+    logps, mask, edit = b.logps[:, pair], b.mask[:, pair], b.edit_mask[:, pair]
+    scores = (logps * mask * bmc_weights(logps, edit, delta)).sum(-1)
+    if hp["bmc_weight_reference"]:
+        ref = b.ref_logps[:, pair]
+        ref_scores = (ref * mask * bmc_weights(ref, edit, delta)).sum(-1)
+    else:
+        ref_scores = b.ref_sums[:, pair]
+    out = _sigmoid_dpo(scores[:, 0], scores[:, 1], ref_scores[:, 0], ref_scores[:, 1], hp["beta"])
+    out.metrics["edited_fraction"] = ((edit * mask).sum() / (mask.sum() + EPS)).item()
+    return out
+
+
+def simpo_loss(b: Batch, hp: dict, state=None) -> LossOutput:
+    """SimPO: -logsigmoid(beta * (lbar(y_w) - lbar(y_l)) - gamma), gamma = beta * gamma_beta_ratio.
+
+    SimPO-SFT (`sft_weight` > 0) adds sft_weight x the token-mean NLL of the chosen responses.
+    """
+    means = b.means
+    margin = means[:, 0] - means[:, 1]
+    loss = -F.logsigmoid(hp["beta"] * (margin - hp["gamma_beta_ratio"])).mean()
+    metrics = {"rewards/accuracy": (margin > 0).float().mean().item(),
+               "rewards/margin": hp["beta"] * margin.mean().item(),
+               "logps/chosen": means[:, 0].mean().item(), "logps/rejected": means[:, 1].mean().item()}
+    if hp.get("sft_weight", 0.0) > 0:
+        nll = _token_nll(b.logps[:, 0], b.mask[:, 0])
+        loss = loss + hp["sft_weight"] * nll
+        metrics["sft_nll"] = nll.item()
+    return LossOutput(loss, metrics)
+
+
+def kto_kl(b: Batch) -> torch.Tensor:
+    """KTO's reference point before the cross-process mean: mean over the micro-batch's mismatched
+    (prompt, completion) pairs of l(y') - l_ref(y'), detached (TRL KTOTrainer)."""
+    return (b.kl_logps - b.kl_ref_logps).mean().detach()
+
+
+def kto_loss(b: Batch, hp: dict, state=None) -> LossOutput:
+    """KTO on unpaired examples: column 0 desirable, column 1 undesirable, with z = max(0, KL).
+
+    `state` is the KL estimate already averaged over processes (the trainer gathers it); when
+    absent the micro-batch's own estimate is used. Loss = mean over all 2B examples of
+    w_d (1 - sigmoid(beta (r_w - z))) and w_u (1 - sigmoid(beta (z - r_l))).
+    """
+    kl = (kto_kl(b) if state is None else state).clamp(min=0)
+    s, r = b.sums, b.ref_sums
+    chosen_ratio, rejected_ratio = s[:, 0] - r[:, 0], s[:, 1] - r[:, 1]
+    beta = hp["beta"]
+    chosen_losses = 1 - torch.sigmoid(beta * (chosen_ratio - kl))
+    rejected_losses = 1 - torch.sigmoid(beta * (kl - rejected_ratio))
+    losses = torch.cat([hp["desirable_weight"] * chosen_losses, hp["undesirable_weight"] * rejected_losses])
+    return LossOutput(losses.mean(), {
+        "kl": kl.item(),
+        "rewards/chosen": beta * chosen_ratio.mean().item(),
+        "rewards/rejected": beta * rejected_ratio.mean().item(),
+        "logps/chosen": s[:, 0].mean().item(), "logps/rejected": s[:, 1].mean().item(),
     })
 
 
@@ -77,43 +190,29 @@ def _dft_common(chosen, negatives, scores, u_old, gamma) -> LossOutput:
     }, u.detach())
 
 
-def dft_loss(s: Stats, hp: dict, state: torch.Tensor) -> LossOutput:
+def dft_loss(b: Batch, hp: dict, state: torch.Tensor) -> LossOutput:
     """DFT: s_ij = l(y'_ij)/tau - l_ref(y'_ij); loss = mean_i[-l(y_i) + 1/m sum_j sg(e^{s_ij-u_i}) l(y'_ij)]."""
-    scores = s.negatives / hp["tau"] - s.ref_negatives
-    return _dft_common(s.chosen, s.negatives, scores, state, hp["gamma"])
+    s = b.sums
+    scores = s[:, 1:] / hp["tau"] - b.ref_sums[:, 1:]
+    return _dft_common(s[:, 0], s[:, 1:], scores, state, hp["gamma"])
 
 
-def dft2_loss(s: Stats, hp: dict, state: torch.Tensor) -> LossOutput:
+def dft2_loss(b: Batch, hp: dict, state: torch.Tensor) -> LossOutput:
     """DFT2 (reference-free): the same on mean log-probs, s_ij = lbar(y'_ij)/tau."""
-    chosen = s.chosen / (s.chosen_n + EPS)
-    negatives = s.negatives / (s.negatives_n + EPS)
-    return _dft_common(chosen, negatives, negatives / hp["tau"], state, hp["gamma"])
+    means = b.means
+    return _dft_common(means[:, 0], means[:, 1:], means[:, 1:] / hp["tau"], state, hp["gamma"])
 
 
-@dataclass(frozen=True)
-class Method:
-    loss: Callable[[Stats, dict, torch.Tensor | None], LossOutput]
-    n_negatives: Callable[[dict], int]   # negatives per example in one step
-    needs_ref: bool
-    stateful: bool = False               # keeps a per-example state (DFT's u)
-
-
-METHODS: dict[str, Method] = {
-    "sft": Method(sft_loss, lambda hp: 0, needs_ref=False),
-    "dpo": Method(dpo_loss, lambda hp: 1, needs_ref=True),
-    "dft": Method(dft_loss, lambda hp: hp["m"], needs_ref=True, stateful=True),
-    "dft2": Method(dft2_loss, lambda hp: hp["m"], needs_ref=False, stateful=True),
+LOSSES: dict[str, Callable[[Batch, dict, torch.Tensor | None], LossOutput]] = {
+    "sft": sft_loss,
+    "dynft": dynft_loss,
+    "dpo": dpo_loss,
+    "scdpo": dpo_loss,
+    "spin": dpo_loss,
+    "dpo_bmc": dpo_bmc_loss,
+    "simpo": simpo_loss,
+    "simpo_sft": simpo_loss,
+    "kto": kto_loss,
+    "dft": dft_loss,
+    "dft2": dft2_loss,
 }
-
-
-def negative_columns(method: str, hp: dict, epoch: int) -> list[int]:
-    """Negative columns used in an epoch: e*m..(e+1)*m-1 with `sample: true`, else 0..m-1."""
-    m = METHODS[method].n_negatives(hp)
-    start = epoch * m if hp.get("sample") else 0
-    return list(range(start, start + m))
-
-
-def negatives_required(method: str, hp: dict) -> int:
-    """How many negatives per example the data must hold for the whole run."""
-    m = METHODS[method].n_negatives(hp)
-    return m * hp["epochs"] if hp.get("sample") else m

@@ -18,7 +18,7 @@ from .encoding import encode_examples, forward_logps
 from .io import InputError, atomic_path, read_json, run_cli, sha256_file, write_json
 from .models import load_model, load_tokenizer, tokenizer_digest, weights_digest
 
-SETTINGS = ("max_length", "max_prompt_length", "prompt_format")
+SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "token_level", "kl_pairs")
 
 
 def expected_digests(model: str, revision: str | None, data: str, settings: dict) -> dict:
@@ -31,21 +31,29 @@ def expected_digests(model: str, revision: str | None, data: str, settings: dict
 
 
 def build(model_path: str, revision: str | None, data: str, settings: dict, batch_size: int) -> tuple[dict, list[str], int]:
+    """Summed reference log-probs [N, 1 + k] of (chosen, every negative); with `token_level` also the
+    per-token values of every response (flat, row-major), with `kl_pairs` KTO's mismatched rows."""
     tokenizer = load_tokenizer(model_path, revision)
     model = load_model(model_path, revision, settings.get("dtype", "float32"))
     model.eval()
     records = read_pairs(data)
     k = min(len(r["negatives"]) for r in records)
-    examples, n_truncated = encode_examples(tokenizer, records, list(range(k)), settings)
-    chosen, chosen_n, negs, negs_n = [], [], [], []
+    examples, n_truncated = encode_examples(tokenizer, records, list(range(k)), settings,
+                                            kl_pairs=bool(settings.get("kl_pairs")))
+    sums, counts, flat, kl = [], [], [], []
     with torch.inference_mode():
         for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", mininterval=5):
-            c, cn, n, nn = forward_logps(model, examples[start: start + batch_size], tokenizer.pad_token_id)
-            chosen.append(c), chosen_n.append(cn), negs.append(n), negs_n.append(nn)
-    tensors = {
-        "chosen": torch.cat(chosen).double(), "chosen_tokens": torch.cat(chosen_n),
-        "negatives": torch.cat(negs).double(), "negatives_tokens": torch.cat(negs_n),
-    }
+            out = forward_logps(model, examples[start: start + batch_size], tokenizer.pad_token_id)
+            sums.append(out.logps.sum(-1).double()), counts.append(out.mask.sum(-1))
+            if settings.get("token_level"):
+                flat.append(out.logps[out.mask].float())
+            if out.kl_logps is not None:
+                kl.append(out.kl_logps.double())
+    tensors = {"sums": torch.cat(sums), "token_counts": torch.cat(counts).long()}
+    if flat:
+        tensors["token_logps"] = torch.cat(flat)
+    if kl:
+        tensors["kl_sums"] = torch.cat(kl)
     return tensors, [e.id for e in examples], n_truncated
 
 
@@ -63,13 +71,36 @@ class RefCache:
         self.tensors = load_file(path)
         self.row = {id_: i for i, id_ in enumerate(meta["ids"])}
         self.path = path
+        if "token_logps" in self.tensors:
+            self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.tensors["token_counts"].flatten().cumsum(0)])
 
-    def lookup(self, ids: list[str], columns: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows(self, ids: list[str]) -> torch.Tensor:
         try:
-            rows = torch.tensor([self.row[i] for i in ids])
+            return torch.tensor([self.row[i] for i in ids])
         except KeyError as e:
             raise InputError(self.path, f"id {e.args[0]!r} is not in the reference cache", field="ids") from None
-        return self.tensors["chosen"][rows], self.tensors["negatives"][rows][:, columns]
+
+    def sums(self, ids: list[str], columns: list[int]) -> torch.Tensor:
+        """[B, 1 + len(columns)]: l_ref of the chosen response and of the negatives in `columns`."""
+        return self.tensors["sums"][self._rows(ids)][:, [0] + [c + 1 for c in columns]]
+
+    def kl_sums(self, ids: list[str], columns: list[int]) -> torch.Tensor:
+        return self.tensors["kl_sums"][self._rows(ids)][:, [0] + [c + 1 for c in columns]]
+
+    def tokens(self, ids: list[str], columns: list[int], mask: torch.Tensor) -> torch.Tensor:
+        """Per-token l_ref laid out like the policy's [B, K, T] `mask`."""
+        out = torch.zeros(mask.shape, dtype=torch.float32)
+        width = self.tensors["token_counts"].shape[1]
+        for b, row in enumerate(self._rows(ids).tolist()):
+            for k, col in enumerate([0] + [c + 1 for c in columns]):
+                flat = row * width + col
+                values = self.tensors["token_logps"][self.offsets[flat]: self.offsets[flat + 1]]
+                positions = mask[b, k].nonzero().flatten().cpu()
+                if len(values) != len(positions):
+                    raise InputError(self.path, f"id {ids[b]!r} response {col}: {len(values)} cached tokens, "
+                                     f"{len(positions)} in training", field="token_counts")
+                out[b, k, positions] = values
+        return out
 
 
 def main(argv: list[str] | None) -> None:
@@ -86,13 +117,13 @@ def main(argv: list[str] | None) -> None:
     tensors, ids, n_truncated = build(args.model, args.revision, args.data, settings, settings["batch_size"])
     meta_path = args.output.removesuffix(".safetensors") + ".json"
     write_json(meta_path, {
-        "ids": ids, "n_examples": len(ids), "n_negatives": tensors["negatives"].shape[1],
+        "ids": ids, "n_examples": len(ids), "n_negatives": tensors["sums"].shape[1] - 1,
         "n_truncated": n_truncated, "model": args.model, "revision": args.revision,
         "digests": expected_digests(args.model, args.revision, args.data, settings),
     })
     with atomic_path(args.output) as tmp:
         save_file(tensors, str(tmp))
-    print(f"reference log-probs for {len(ids)} examples x (1 + {tensors['negatives'].shape[1]}) responses; "
+    print(f"reference log-probs for {len(ids)} examples x {tensors['sums'].shape[1]} responses; "
           f"{n_truncated} responses truncated")
 
 

@@ -3,7 +3,9 @@
 The global batch is the recipe's whatever the process count: each optimizer step takes
 `batch_size` examples, split into micro-batches of `micro_batch_size` over the processes, with
 gradient accumulation making up the rest. Reference log-probs come from the reference cache
-(checked by digest) or from a live reference model. Outputs: `model/` (safetensors and
+(checked by digest), from a live reference model, or (LoRA) from the policy with its adapters
+disabled. Checkpoints every `checkpoint_every` steps and on SIGTERM/SIGUSR1 (preemption); a
+restarted run resumes from the newest one by itself. Outputs: `model/` (safetensors and
 tokenizer), `train_log.jsonl` (one line per optimizer step) and `run.json`.
 """
 from __future__ import annotations
@@ -11,23 +13,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
+import sys
 from contextlib import nullcontext
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm import tqdm
-from transformers import get_cosine_schedule_with_warmup, get_constant_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from . import checkpoint
+from .bmc import edit_masks, stopword_ids
 from .data import read_pairs
 from .encoding import encode_examples, forward_logps
 from .io import InputError, atomic_path, run_cli, sha256_file, write_json
-from .losses import METHODS, Stats, negative_columns, negatives_required
+from .config import METHODS, negative_columns, negatives_required
+from .losses import LOSSES, Batch, kto_kl
 from .models import load_model, load_tokenizer, weights_digest
 from .refcache import RefCache, expected_digests
 from .versions import package_versions
 
 SCHEDULES = {"cosine": get_cosine_schedule_with_warmup, "constant": get_constant_schedule_with_warmup}
+PREEMPTED_EXIT = 143
 
 
 def plan_batches(n_examples: int, hp: dict, world: int) -> tuple[int, int]:
@@ -39,32 +48,71 @@ def plan_batches(n_examples: int, hp: dict, world: int) -> tuple[int, int]:
     return hp["batch_size"] // per_step, n_examples // hp["batch_size"]
 
 
-class Reference:
-    """Reference log-probs of a batch, from the cache or from a live model."""
+def apply_lora(model, lora: dict):
+    """Wrap the model in PEFT LoRA adapters (the DPO-LoRA recipe: all linear layers)."""
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
 
-    def __init__(self, args, hp: dict, device):
-        self.cache = self.model = None
+
+class Reference:
+    """Reference log-probs of a micro-batch: from the cache, a live model, or the policy without adapters."""
+
+    def __init__(self, args, hp: dict, method, device, policy):
+        self.method, self.cache, self.model, self.policy = method, None, None, None
         if args.refcache:
-            expected = expected_digests(args.ref_model, args.ref_revision, args.data, hp)
+            expected = expected_digests(args.ref_model, args.ref_revision, args.data, refcache_settings(hp, method))
             self.cache = RefCache(args.refcache, expected)
-        elif args.ref_model:
+        elif hp.get("lora") and args.ref_model == args.model and args.ref_revision == args.revision:
+            self.policy = policy  # reference = the same base with the adapters disabled
+        else:
             self.model = load_model(args.ref_model, args.ref_revision, hp["dtype"]).to(device).eval()
 
-    def __call__(self, examples, columns, pad_id):
+    def fill(self, batch: Batch, chunk, columns, pad_id) -> None:
         if self.cache is not None:
-            return self.cache.lookup([e.id for e in examples], columns)
-        with torch.inference_mode():
-            chosen, _, negatives, _ = forward_logps(self.model, examples, pad_id)
-        return chosen.double(), negatives.double()
+            ids = [e.id for e in chunk]
+            device, dtype = batch.logps.device, batch.logps.dtype
+            ref = self.cache.tokens(ids, columns, batch.mask) if self.method.token_ref else self.cache.sums(ids, columns)
+            batch.ref_logps = ref.to(device, dtype)
+            if self.method.kl_pairs:
+                batch.kl_ref_logps = self.cache.kl_sums(ids, columns).to(device, dtype)
+            return
+        with torch.no_grad():
+            if self.policy is not None:
+                with self.policy.disable_adapter():
+                    out = forward_logps(self.policy, chunk, pad_id)
+            else:
+                out = forward_logps(self.model, chunk, pad_id)
+        batch.ref_logps = out.logps if self.method.token_ref else out.logps.sum(-1)
+        batch.kl_ref_logps = out.kl_logps
+
+
+def refcache_settings(hp: dict, method) -> dict:
+    """The encoding settings a reference cache must share with the run."""
+    return {"max_length": hp["max_length"], "max_prompt_length": hp["max_prompt_length"],
+            "prompt_format": hp.get("prompt_format"), "token_level": method.token_ref, "kl_pairs": method.kl_pairs}
+
+
+class Preemption:
+    """SIGTERM / SIGUSR1 (SLURM before the time limit) ask for a checkpoint at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
 
 
 def train(args, hp: dict) -> None:
-    set_seed(hp["seed"])
-    accelerator = Accelerator()
-    world, rank = accelerator.num_processes, accelerator.process_index
+    cpu = not torch.cuda.is_available()  # on CPU, processes talk over gloo (accelerate's MULTI_CPU)
+    world = PartialState(cpu=cpu).num_processes
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != world:
+        raise RuntimeError(f"the launcher started {launched} processes but accelerate sees {world}")
     method = METHODS[hp["method"]]
-    tokenizer = load_tokenizer(args.model, args.revision)
-    model = load_model(args.model, args.revision, hp["dtype"])
     records = read_pairs(args.data)
     need = negatives_required(hp["method"], hp)
     have = min((len(r["negatives"]) for r in records), default=0)
@@ -75,26 +123,48 @@ def train(args, hp: dict) -> None:
     accum, steps_per_epoch = plan_batches(len(records), hp, world)
     if steps_per_epoch == 0:
         raise InputError(args.data, f"{len(records)} examples are fewer than one batch of {hp['batch_size']}")
+    # the schedule counts optimizer steps of the global batch: accelerate must not step it once per process
+    accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=accum, step_scheduler_with_optimizer=False)
+    rank = accelerator.process_index
+    set_seed(hp["seed"])
     total_steps = steps_per_epoch * hp["epochs"]
-    reference = Reference(args, hp, accelerator.device) if method.needs_ref else None
+    tokenizer = load_tokenizer(args.model, args.revision)
+    model = load_model(args.model, args.revision, hp["dtype"])
+    if hp.get("lora"):
+        model = apply_lora(model, hp["lora"])
+    reference = Reference(args, hp, method, accelerator.device, model) if method.needs_ref else None
+    stopwords = stopword_ids(tokenizer) if method.edit_mask else None
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], betas=tuple(hp["adam_betas"]),
-                                  eps=hp["adam_eps"], weight_decay=hp["weight_decay"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp["lr"],
+                                  betas=tuple(hp["adam_betas"]), eps=hp["adam_eps"], weight_decay=hp["weight_decay"])
     scheduler = SCHEDULES[hp["schedule"]](optimizer, math.ceil(hp["warmup_ratio"] * total_steps),
                                           **({"num_training_steps": total_steps} if hp["schedule"] == "cosine" else {}))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
     slot = {r["id"]: i for i, r in enumerate(records)}
-    u = torch.zeros(len(records), dtype=torch.float64)
-    visited = torch.zeros(len(records), dtype=torch.float64)
+    method_state = {"u": torch.zeros(len(records), dtype=torch.float64),
+                    "visited": torch.zeros(len(records), dtype=torch.float64)}
+    inputs = {"base_weights": weights_digest(args.model, args.revision), "data": sha256_file(args.data),
+              **({"refcache": sha256_file(args.refcache)} if args.refcache else {})}
+    run_fingerprint = checkpoint.fingerprint(hp, {**inputs, "world_size": world})
     log, n_truncated, step = [], 0, 0
-    bar = tqdm(total=total_steps, desc=f"train {args.run}", mininterval=5, disable=not accelerator.is_main_process)
-    for epoch in range(hp["epochs"]):
+    resume_from = checkpoint.latest(args.outdir, run_fingerprint)
+    if resume_from is not None:
+        saved, loaded = checkpoint.load(accelerator, resume_from)
+        log, step, n_truncated = saved["log"], saved["step"], saved["responses_truncated"]
+        method_state = {k: v.clone() for k, v in loaded.items()}
+        accelerator.print(f"resumed from {resume_from} (step {step} of {total_steps})")
+    u, visited = method_state["u"], method_state["visited"]
+    preemption = Preemption()
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {args.run}", mininterval=5,
+               disable=not accelerator.is_main_process)
+    for epoch in range(step // steps_per_epoch, hp["epochs"]):
         columns = negative_columns(hp["method"], hp, epoch)
-        examples, truncated = encode_examples(tokenizer, records, columns, hp)
-        n_truncated += truncated
+        examples, truncated = encode_examples(tokenizer, records, columns, hp, kl_pairs=method.kl_pairs)
+        if step == epoch * steps_per_epoch:
+            n_truncated += truncated
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(hp["seed"] + epoch)).tolist()
-        for s in range(steps_per_epoch):
+        for s in range(step - epoch * steps_per_epoch, steps_per_epoch):
             batch = order[s * hp["batch_size"]: (s + 1) * hp["batch_size"]]
             micro = hp["micro_batch_size"]
             mine = batch[rank * accum * micro: (rank + 1) * accum * micro]
@@ -102,44 +172,71 @@ def train(args, hp: dict) -> None:
             for k in range(accum):
                 chunk = [examples[i] for i in mine[k * micro: (k + 1) * micro]]
                 with accelerator.no_sync(model) if k < accum - 1 else nullcontext():
-                    out = _micro_step(model, chunk, columns, method, hp, reference, u, slot, tokenizer.pad_token_id)
-                    accelerator.backward(out.loss * len(chunk) * world / len(batch))
+                    out = _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, slot,
+                                      tokenizer.pad_token_id, stopwords)
+                    # weight of this micro-batch in the global mean; accelerate (or the DeepSpeed engine)
+                    # divides by gradient_accumulation_steps itself, and DDP averages over processes
+                    accelerator.backward(out.loss * len(chunk) * world * accum / len(batch))
                 for key, value in {"loss": out.loss.item(), **out.metrics}.items():
                     totals[key] = totals.get(key, 0.0) + value / accum
-                if out.state is not None:
+                if method.stateful:
                     idx = torch.tensor([slot[e.id] for e in chunk])
                     u[idx], visited[idx] = out.state.double().cpu(), 1.0
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), hp["max_grad_norm"])
             optimizer.step(), scheduler.step(), optimizer.zero_grad()
             step += 1
+            if method.stateful and world > 1 and s == steps_per_epoch - 1:
+                _average_state(accelerator, u, visited, hp.get("reset_visited", True))
             loss = accelerator.reduce(torch.tensor(totals["loss"], device=accelerator.device), "mean").item()
-            entry = {"step": step, "epoch": epoch + (s + 1) / steps_per_epoch, **totals, "loss": loss,
-                     "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-            log.append(entry)
+            log.append({"step": step, "epoch": epoch + (s + 1) / steps_per_epoch, **totals, "loss": loss,
+                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if method.stateful and world > 1:
-            _average_state(accelerator, u, visited, hp.get("reset_visited", True))
+            every = hp.get("checkpoint_every") or 0
+            stop = _agree(accelerator, preemption.requested)
+            if step < total_steps and (stop or (every and step % every == 0)):
+                checkpoint.save(accelerator, args.outdir, step, {
+                    "fingerprint": run_fingerprint, "log": log, "responses_truncated": n_truncated},
+                    {"u": u, "visited": visited}, keep=hp.get("keep_checkpoints", 1))
+            if stop:
+                accelerator.print(f"preempted: checkpoint at step {step} saved; exiting for requeue")
+                sys.exit(PREEMPTED_EXIT)
     bar.close()
 
+    unwrapped = accelerator.unwrap_model(model)
+    if hp.get("lora"):
+        unwrapped = unwrapped.merge_and_unload()
     if accelerator.is_main_process:
-        _save(accelerator.unwrap_model(model), tokenizer, log, args, hp, {
+        _save(unwrapped, tokenizer, log, args, hp, inputs, {
             "world_size": world, "gradient_accumulation_steps": accum, "effective_global_batch": hp["batch_size"],
             "optimizer_steps": total_steps, "examples_per_epoch": steps_per_epoch * hp["batch_size"],
             "examples_dropped_per_epoch": len(records) - steps_per_epoch * hp["batch_size"],
-            "responses_truncated": n_truncated})
+            "responses_truncated": n_truncated, "resumed_from_step": int(resume_from.name[4:]) if resume_from else None})
     accelerator.wait_for_everyone()
+    checkpoint.remove_all(accelerator, args.outdir)
 
 
-def _micro_step(model, chunk, columns, method, hp, reference, u, slot, pad_id):
-    chosen, chosen_n, negatives, negatives_n = forward_logps(model, chunk, pad_id)
-    stats = Stats(chosen, chosen_n, negatives, negatives_n)
+def _agree(accelerator, flag: bool) -> bool:
+    """True on every process when any process got a preemption signal."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
+
+
+def _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, slot, pad_id, stopwords):
+    fwd = forward_logps(model, chunk, pad_id)
+    batch = Batch(fwd.logps, fwd.mask)
     if reference is not None:
-        ref_chosen, ref_negatives = reference(chunk, columns, pad_id)
-        stats.ref_chosen = ref_chosen.to(chosen.device, chosen.dtype)
-        stats.ref_negatives = ref_negatives.to(chosen.device, chosen.dtype)
-    state = u[torch.tensor([slot[e.id] for e in chunk])].to(chosen.device, chosen.dtype) if method.stateful else None
-    return method.loss(stats, hp, state)
+        reference.fill(batch, chunk, columns, pad_id)
+    if method.edit_mask:
+        batch.edit_mask = edit_masks(fwd.input_ids, stopwords)
+    state = None
+    if method.kl_pairs:
+        batch.kl_logps = fwd.kl_logps
+        state = accelerator.reduce(kto_kl(batch), "mean")  # TRL: gathered over processes, then clamped
+    elif method.stateful:
+        state = u[torch.tensor([slot[e.id] for e in chunk])].to(fwd.logps.device, fwd.logps.dtype)
+    return LOSSES[hp["method"]](batch, hp, state)
 
 
 def _average_state(accelerator, u: torch.Tensor, visited: torch.Tensor, reset: bool) -> None:
@@ -152,7 +249,7 @@ def _average_state(accelerator, u: torch.Tensor, visited: torch.Tensor, reset: b
         visited.zero_()
 
 
-def _save(model, tokenizer, log, args, hp, batching) -> None:
+def _save(model, tokenizer, log, args, hp, inputs, batching) -> None:
     with atomic_path(f"{args.outdir}/model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -161,11 +258,9 @@ def _save(model, tokenizer, log, args, hp, batching) -> None:
     write_json(f"{args.outdir}/run.json", {
         "run": args.run, "method": hp["method"], "hyperparameters": hp, "seed": hp["seed"], **batching,
         "base_model": {"model": args.model, "revision": args.revision},
-        "digests": {
-            "base_weights": weights_digest(args.model, args.revision), "data": sha256_file(args.data),
-            **({"refcache": sha256_file(args.refcache)} if args.refcache else {}),
-            "final_weights": weights_digest(f"{args.outdir}/model"),
-        },
+        "reference": {"model": args.ref_model, "revision": args.ref_revision,
+                      "source": "cache" if args.refcache else ("live" if args.ref_model else None)},
+        "digests": {**inputs, "final_weights": weights_digest(f"{args.outdir}/model")},
         "final_loss": log[-1]["loss"], "versions": package_versions(),
     })
 

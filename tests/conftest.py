@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny random Llama + the project's tokenizer, and a pairs file with negatives."""
+import json
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _wrong(answer: str, rng: random.Random) -> str:
+    """A plausible wrong solution: the last number of each step shifted."""
+    lines = answer.split("\n")
+    out = []
+    for line in lines:
+        head, _, num = line.rpartition(" ")
+        out.append(f"{head} {int(num) + rng.choice([-2, -1, 1, 3])}" if num.lstrip("-").isdigit() else line)
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """(model dir, pairs file with 4 negatives per example, 48 examples)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workflow_scripts import synthetic
+    from workflow_scripts.tiny_world import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    problems = synthetic.make_splits(3, {"train": 48}, 20)["train"]
+    rng = random.Random(0)
+    records = [{"id": f"toy-train-{p['index']}", "prompt": [{"role": "user", "content": p["question"]}],
+                "chosen": p["answer"], "negatives": [_wrong(p["answer"], rng) for _ in range(4)]}
+               for p in problems]
+    texts = [r["prompt"][0]["content"] + "\n" + r["chosen"] for r in records] * 3
+    tok = train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model_dir = root / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tok.save_pretrained(model_dir)
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(model_dir), str(data)

@@ -1,0 +1,122 @@
+"""The trainer end to end on a tiny model: cached vs live reference, 2 processes vs 1, resume."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from workflow_scripts import refcache, train
+from workflow_scripts.config import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_HP = {"lr": 1e-3, "epochs": 2, "batch_size": 16, "micro_batch_size": 4, "warmup_ratio": 0.1, "weight_decay": 0.0,
+           "max_grad_norm": 1.0, "adam_betas": [0.9, 0.999], "adam_eps": 1e-8, "schedule": "cosine",
+           "dtype": "float32", "max_length": 128, "max_prompt_length": 64, "prompt_format": None, "lora": None,
+           "checkpoint_every": 0, "keep_checkpoints": 1, "seed": 7}
+METHOD_HP = {
+    "dpo": {"beta": 0.1},
+    "kto": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
+    "dpo_bmc": {"beta": 0.1, "delta": 2.0, "bmc_weight_reference": True},
+    "dft": {"tau": 1.0, "gamma": 0.85, "m": 2, "sample": True, "reset_visited": True},
+    "dft2": {"tau": 0.3, "gamma": 0.9, "m": 2, "sample": False, "reset_visited": True},
+    "simpo_sft": {"beta": 2.0, "gamma_beta_ratio": 0.5, "sft_weight": 1.0},
+    "dynft": {"alpha": 1.0},
+}
+
+
+def hp_for(method, **extra):
+    return {**BASE_HP, "method": method, **METHOD_HP.get(method, {}), **extra}
+
+
+def run_train(model, data, outdir, hp, *extra):
+    train.main(["--params", json.dumps(hp), "--run", "t", "--model", model, "--data", data,
+                "--outdir", str(outdir), *extra])
+    return [json.loads(line) for line in (Path(outdir) / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto", "dpo_bmc", "dft"])
+def test_cached_reference_gives_the_live_losses_step_by_step(tiny_world, tmp_path, method):
+    model, data = tiny_world
+    hp = hp_for(method)
+    cache = tmp_path / "ref.safetensors"
+    settings = {**train.refcache_settings(hp, METHODS[method]), "dtype": "float32", "batch_size": 7}
+    refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
+    live = run_train(model, data, tmp_path / "live", hp, "--ref-model", model)
+    cached = run_train(model, data, tmp_path / "cached", hp, "--ref-model", model, "--refcache", str(cache))
+    assert len(live) == len(cached) == 6
+    for a, b in zip(live, cached):  # float32 forwards at other padding widths: ~1e-7 of the summed log-probs
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-4)
+    assert json.loads((tmp_path / "cached/run.json").read_text())["reference"]["source"] == "cache"
+
+
+def test_refcache_with_other_settings_is_refused(tiny_world, tmp_path):
+    model, data = tiny_world
+    hp = hp_for("dpo")
+    cache = tmp_path / "ref.safetensors"
+    settings = {**train.refcache_settings(hp, METHODS["dpo"]), "max_length": 100, "batch_size": 8}
+    refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
+    with pytest.raises(Exception, match="settings digest differs"):
+        run_train(model, data, tmp_path / "out", hp, "--ref-model", model, "--refcache", str(cache))
+    assert not (tmp_path / "out/model").exists()
+
+
+@pytest.mark.parametrize("method, rises", [
+    ("dft", "logps/chosen"),           # DFT's loss is not bounded below; the positives' likelihood rises
+    ("dynft", "logps/chosen"),         # p_t * CE_t grows with p_t while p_t < 1/e: the loss itself rises at first
+    ("dpo_bmc", "rewards/margin"),
+    ("simpo_sft", "rewards/margin"),
+])
+def test_methods_learn_on_the_tiny_world(tiny_world, tmp_path, method, rises):
+    model, data = tiny_world
+    hp = hp_for(method, epochs=2 if method == "dft" else 4, lr=3e-3)
+    ref = ["--ref-model", model] if METHODS[method].needs_ref else []
+    log = run_train(model, data, tmp_path / method, hp, *ref)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
+    assert log[-1][rises] > log[0][rises]
+
+
+def test_lora_reference_is_the_model_with_adapters_disabled(tiny_world, tmp_path):
+    model, data = tiny_world
+    hp = hp_for("dpo", lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}, lr=1e-2)
+    log = run_train(model, data, tmp_path / "lora", hp, "--ref-model", model)
+    # at step 1 the adapters are zero, so policy == reference and the DPO loss is log 2
+    assert log[0]["loss"] == pytest.approx(0.693147, abs=1e-5)
+    assert log[-1]["loss"] < log[0]["loss"]
+    merged = load_file(str(tmp_path / "lora/model/model.safetensors"))
+    assert not any("lora" in k for k in merged)
+
+
+def _launch_two_processes(args, tmp_path):
+    """DDP over gloo on CPU: `accelerate launch --multi_gpu` (`--cpu` would silently run one process)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = ["timeout", "-k", "10", "300", sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "workflow_scripts.train", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "world_size" in (Path(args[args.index("--outdir") + 1]) / "run.json").read_text()
+
+
+@pytest.mark.parametrize("method", ["dft", "dpo"])
+def test_two_processes_reach_the_weights_of_one(tiny_world, tmp_path, method):
+    """Same global batch (16): 1 process x 4 accumulation x 4 vs 2 processes x 2 x 4; DFT's u is
+    averaged over processes at each epoch end."""
+    model, data = tiny_world
+    hp = hp_for(method)
+    ref = ["--ref-model", model] if METHODS[method].needs_ref else []
+    base = ["--params", json.dumps(hp), "--run", "t", "--model", model, "--data", data, *ref]
+    train.main([*base, "--outdir", str(tmp_path / "one")])
+    _launch_two_processes([*base, "--outdir", str(tmp_path / "two")], tmp_path)
+    one = load_file(str(tmp_path / "one/model/model.safetensors"))
+    two = load_file(str(tmp_path / "two/model/model.safetensors"))
+    two_run = json.loads((tmp_path / "two/run.json").read_text())
+    assert (two_run["world_size"], two_run["gradient_accumulation_steps"]) == (2, 2)
+    assert json.loads((tmp_path / "one/run.json").read_text())["gradient_accumulation_steps"] == 4
+    initial = load_file(str(Path(model) / "model.safetensors"))
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(one[n], initial[n]) for n in one)
