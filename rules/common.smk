@@ -100,8 +100,10 @@ def refcache_name(run):
 
 
 def uses_refcache(run):
+    """A QLoRA run's reference is its own 4-bit base with adapters disabled: computed live."""
     r = config["runs"][run]
-    return METHODS[r["method"]].needs_ref and r["ref_logps"] == "cache"
+    qlora = bool((r["lora"] or {}).get("load_in_4bit"))
+    return METHODS[r["method"]].needs_ref and r["ref_logps"] == "cache" and not qlora
 
 
 REFCACHES = {refcache_name(run): run for run in config["runs"] if uses_refcache(run)}
@@ -171,6 +173,12 @@ def reference_args(w, input):
     if uses_refcache(w.run):
         args += f" --refcache {input.refcache}"
     return args
+
+
+def train_launch_args(w):
+    """Process count and DeepSpeed config name of a run, for workflow_scripts.launch."""
+    r = config["runs"][w.run]
+    return f"--processes {r['processes']}" + (f" --deepspeed {r['deepspeed']}" if r["deepspeed"] else "")
 
 
 def spin_generation_params(w):

@@ -29,7 +29,7 @@ rule manifest:
     output:
         f"{R}/manifest.json",
     params:
-        config=js(config),
+        config=lambda w: js(config),
     log:
         f"{R}/logs/manifest.log",
     conda:

@@ -4,6 +4,7 @@
 rule train:
     input:
         unpack(train_inputs),
+        launch=script("launch"),
     output:
         model=directory(f"{R}/train/{{run}}/seed{{seed}}/model"),
         log=f"{R}/train/{{run}}/seed{{seed}}/train_log.jsonl",
@@ -14,6 +15,7 @@ rule train:
         revision=lambda w: revision_arg(run_model(w.run, w.seed)[1]),
         reference=reference_args,
         outdir=lambda w: f"{R}/train/{w.run}/seed{w.seed}",
+        launch=train_launch_args,
     threads: lambda w: config["runs"][w.run]["threads"]
     log:
         f"{R}/logs/train/{{run}}/seed{{seed}}.log",
@@ -22,6 +24,6 @@ rule train:
     conda:
         "../envs/train.yaml"
     shell:
-        "python -m workflow_scripts.train --params {params.hp:q} --run {wildcards.run} --model {params.model} {params.revision} "
+        "python -m workflow_scripts.launch {params.launch} workflow_scripts.train --params {params.hp:q} --run {wildcards.run} --model {params.model} {params.revision} "
         "--data {input.data} {params.reference} --outdir {params.outdir} "
         "--threads {threads} > {log} 2>&1"

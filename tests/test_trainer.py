@@ -91,14 +91,12 @@ def test_lora_reference_is_the_model_with_adapters_disabled(tiny_world, tmp_path
 
 
 def _launch_two_processes(args, tmp_path):
-    """DDP over gloo on CPU: `accelerate launch --multi_gpu` (`--cpu` would silently run one process)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    cmd = ["timeout", "-k", "10", "300", sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "workflow_scripts.train", *args]
+    """DDP over gloo on CPU through the rules' launcher (`accelerate launch --multi_gpu`)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = ["timeout", "-k", "10", "300", sys.executable, "-m", "workflow_scripts.launch", "--processes", "2",
+           "workflow_scripts.train", *args]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "world_size" in (Path(args[args.index("--outdir") + 1]) / "run.json").read_text()
 
 
 @pytest.mark.parametrize("method", ["dft", "dpo"])
@@ -120,3 +118,50 @@ def test_two_processes_reach_the_weights_of_one(tiny_world, tmp_path, method):
     for name in one:
         torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5)
     assert any(not torch.equal(one[n], initial[n]) for n in one)
+
+
+@pytest.mark.parametrize("method", ["dft", "kto"])
+def test_preempted_run_resumes_to_identical_weights(tiny_world, tmp_path, method, monkeypatch):
+    """SIGUSR1 mid-run: checkpoint (weights, optimizer, scheduler, RNG, DFT u) and exit 143; the
+    rerun resumes from it by itself and ends with byte-identical weights and log."""
+    import signal
+
+    model, data = tiny_world
+    hp = hp_for(method, epochs=2)
+    ref = ["--ref-model", model]
+    full = run_train(model, data, tmp_path / "full", hp, *ref)
+
+    calls = {"n": 0}
+    original = train._micro_step
+
+    def signal_at_step_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4 * 4:  # last micro-batch of optimizer step 4 (4 micro-batches per step)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_micro_step", signal_at_step_4)
+    with pytest.raises(SystemExit) as stopped:
+        run_train(model, data, tmp_path / "resumed", hp, *ref)
+    assert stopped.value.code == train.PREEMPTED_EXIT
+    assert (tmp_path / "resumed/checkpoints/step4/trainer_state.json").is_file()
+    assert not (tmp_path / "resumed/model").exists()
+    monkeypatch.setattr(train, "_micro_step", original)
+    resumed = run_train(model, data, tmp_path / "resumed", hp, *ref)
+    assert json.loads((tmp_path / "resumed/run.json").read_text())["resumed_from_step"] == 4
+    assert resumed == full
+    assert (tmp_path / "full/model/model.safetensors").read_bytes() == \
+        (tmp_path / "resumed/model/model.safetensors").read_bytes()
+    assert not (tmp_path / "resumed/checkpoints").exists()
+
+
+def test_checkpoint_of_other_hyperparameters_is_not_resumed(tiny_world, tmp_path, monkeypatch):
+    model, data = tiny_world
+    hp = hp_for("dpo", checkpoint_every=2)
+    monkeypatch.setattr(train.checkpoint, "remove_all", lambda accelerator, outdir: None)
+    run_train(model, data, tmp_path / "out", hp, "--ref-model", model)
+    assert (tmp_path / "out/checkpoints/step4").is_dir()
+    changed = dict(hp, lr=2e-3)
+    (tmp_path / "out/model").rename(tmp_path / "first_model")
+    run_train(model, data, tmp_path / "out", changed, "--ref-model", model)
+    assert json.loads((tmp_path / "out/run.json").read_text())["resumed_from_step"] is None

@@ -62,7 +62,8 @@ def test_default_config_plans_every_stage():
         assert jobs.get(rule, 0) >= 1, rule
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert jobs["generate"] == len(config["generations"]["arith_neg"]["seeds"])
-    assert jobs["train"] == len(config["runs"])
+    assert jobs["train"] == sum(r.get("iterations", 1) for r in config["runs"].values())
+    assert jobs["spin_generate"] == sum(r.get("iterations", 0) for r in config["runs"].values())
 
 
 def test_lint_is_clean():
@@ -92,8 +93,10 @@ def test_mini_run_produces_tables_evals_and_manifest(mini_run):
     res = workdir / "results"
     tex = (res / "tables/mini_table.tex").read_text()
     assert r"\toprule" in tex and r"\textbf{" in tex
-    for row in ("mini", "sft", "dft", "dft2", "dpo"):
-        assert re.search(rf"^{row} & ", tex, re.M), row
+    rows = yaml.safe_load(MINI.read_text())["tables"]["mini_table"]["rows"]
+    assert len(rows) == 14
+    for row in rows:  # every method of the registry trains and gets its row
+        assert re.search(rf"^{row} & ", tex.replace(r"\_", "_"), re.M), row
     scores = json.loads((res / "eval/sft/seed42/toy_eval.json").read_text())
     assert set(scores["scores"]) == {"toy_gen", "toy_mc"}
     assert scores["protocol"]["apply_chat_template"] is True and scores["protocol"]["versions"]["lm_eval"]
@@ -107,6 +110,14 @@ def test_mini_run_produces_tables_evals_and_manifest(mini_run):
     assert run["digests"]["refcache"]
     log = [json.loads(line) for line in (res / "train/dft/seed42/train_log.jsonl").read_text().splitlines()]
     assert len(log) == 8 and all("u" in entry for entry in log)
+    spin = json.loads((res / "train/spin/seed42/run.json").read_text())
+    assert spin["base_model"]["model"] == spin["reference"]["model"] == "results/train/spin_iter1/seed42/model"
+    spin_data = [json.loads(line) for line in (res / "spin/spin/seed42.jsonl").read_text().splitlines()]
+    assert len(spin_data) == 64 and all(len(r["negatives"]) == 1 for r in spin_data)
+    ddp = json.loads((res / "train/dpo_ddp/seed42/run.json").read_text())
+    assert (ddp["world_size"], ddp["distributed_type"], ddp["gradient_accumulation_steps"]) == (2, "MULTI_CPU", 1)
+    kto = json.loads((res / "train/kto/seed42/run.json").read_text())
+    assert kto["digests"]["refcache"] and (res / "refcache/mini--toy_neg--128-64-kl.safetensors").exists()
 
 
 def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):

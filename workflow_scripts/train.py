@@ -16,11 +16,12 @@ import math
 import os
 import signal
 import sys
+import tempfile
 from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
@@ -48,12 +49,39 @@ def plan_batches(n_examples: int, hp: dict, world: int) -> tuple[int, int]:
     return hp["batch_size"] // per_step, n_examples // hp["batch_size"]
 
 
+def load_policy(args, hp: dict):
+    """The run's model: plain, or 4-bit NF4 for QLoRA (double quantisation, bf16 compute; GPU only)."""
+    if not (hp.get("lora") or {}).get("load_in_4bit"):
+        return load_model(args.model, args.revision, hp["dtype"])
+    if not torch.cuda.is_available():
+        raise ValueError(f"run '{args.run}': lora.load_in_4bit (QLoRA, bitsandbytes) needs a GPU; "
+                         "set it to false on CPU")
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(args.model, revision=args.revision, quantization_config=quantization,
+                                                 dtype=torch.bfloat16)
+    return prepare_model_for_kbit_training(model)
+
+
 def apply_lora(model, lora: dict):
     """Wrap the model in PEFT LoRA adapters (the DPO-LoRA recipe: all linear layers)."""
     from peft import LoraConfig, get_peft_model
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                         target_modules=lora["target_modules"], task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def merged_lora(model, args, hp: dict):
+    """Adapters merged into the base; a 4-bit (QLoRA) base is reloaded in bf16 to merge into."""
+    if not hp["lora"].get("load_in_4bit"):
+        return model.merge_and_unload()
+    from peft import PeftModel
+    with tempfile.TemporaryDirectory() as adapter:
+        model.save_pretrained(adapter)
+        base = load_model(args.model, args.revision, "bfloat16")
+        return PeftModel.from_pretrained(base, adapter).merge_and_unload()
 
 
 class Reference:
@@ -123,14 +151,19 @@ def train(args, hp: dict) -> None:
     accum, steps_per_epoch = plan_batches(len(records), hp, world)
     if steps_per_epoch == 0:
         raise InputError(args.data, f"{len(records)} examples are fewer than one batch of {hp['batch_size']}")
+    # DeepSpeed's "auto" clipping takes the run's value; the engine then clips, not clip_grad_norm_
+    os.environ["ACCELERATE_GRADIENT_CLIPPING"] = str(hp["max_grad_norm"])
     # the schedule counts optimizer steps of the global batch: accelerate must not step it once per process
     accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=accum, step_scheduler_with_optimizer=False)
     rank = accelerator.process_index
     set_seed(hp["seed"])
     total_steps = steps_per_epoch * hp["epochs"]
     tokenizer = load_tokenizer(args.model, args.revision)
-    model = load_model(args.model, args.revision, hp["dtype"])
+    model = load_policy(args, hp)
     if hp.get("lora"):
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError(f"run '{args.run}': LoRA adapters are trained without DeepSpeed (the DPO-LoRA recipe "
+                             "uses one GPU); drop `deepspeed` for this run")
         model = apply_lora(model, hp["lora"])
     reference = Reference(args, hp, method, accelerator.device, model) if method.needs_ref else None
     stopwords = stopword_ids(tokenizer) if method.edit_mask else None
@@ -203,11 +236,15 @@ def train(args, hp: dict) -> None:
                 sys.exit(PREEMPTED_EXIT)
     bar.close()
 
+    state_dict = None
     unwrapped = accelerator.unwrap_model(model)
-    if hp.get("lora"):
-        unwrapped = unwrapped.merge_and_unload()
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions (a collective)
+    elif hp.get("lora") and accelerator.is_main_process:
+        unwrapped = merged_lora(unwrapped, args, hp)
     if accelerator.is_main_process:
-        _save(unwrapped, tokenizer, log, args, hp, inputs, {
+        _save(unwrapped, state_dict, tokenizer, log, args, hp, inputs, {
+            "distributed_type": str(accelerator.distributed_type).split(".")[-1],
             "world_size": world, "gradient_accumulation_steps": accum, "effective_global_batch": hp["batch_size"],
             "optimizer_steps": total_steps, "examples_per_epoch": steps_per_epoch * hp["batch_size"],
             "examples_dropped_per_epoch": len(records) - steps_per_epoch * hp["batch_size"],
@@ -249,9 +286,9 @@ def _average_state(accelerator, u: torch.Tensor, visited: torch.Tensor, reset: b
         visited.zero_()
 
 
-def _save(model, tokenizer, log, args, hp, inputs, batching) -> None:
+def _save(model, state_dict, tokenizer, log, args, hp, inputs, batching) -> None:
     with atomic_path(f"{args.outdir}/model") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     with atomic_path(f"{args.outdir}/train_log.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(entry, sort_keys=True) + "\n" for entry in log))
