@@ -7,7 +7,7 @@ sys.path.insert(0, workflow.basedir)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from snakemake.exceptions import WorkflowError
-from workflow_scripts.config import METHODS, ConfigError, check_config, run_hyperparameters
+from workflow_scripts.config import METHODS, ConfigError, check_config, negatives_required, run_hyperparameters
 
 try:
     check_config(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
@@ -106,7 +106,17 @@ def uses_refcache(run):
     return METHODS[r["method"]].needs_ref and r["ref_logps"] == "cache" and not qlora
 
 
-REFCACHES = {refcache_name(run): run for run in config["runs"] if uses_refcache(run)}
+REFCACHES = {}  # cache name -> the runs that read it
+for _run in config["runs"]:
+    if uses_refcache(_run):
+        REFCACHES.setdefault(refcache_name(_run), []).append(_run)
+
+
+def refcache_params(cache):
+    """Settings of a cache (shared by its runs) and the negatives it must hold: the most any of them reads."""
+    runs = REFCACHES[cache]
+    negatives = max(negatives_required(config["runs"][r]["method"], config["runs"][r]) for r in runs)
+    return js({**refcache_settings(runs[0]), "negatives": negatives, "batch_size": config["refcache"]["batch_size"]})
 
 
 def subjects(row):

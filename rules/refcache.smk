@@ -4,15 +4,15 @@
 rule refcache:
     input:
         script=script("refcache"),
-        data=lambda w: data_file(config["runs"][REFCACHES[w.cache]]["data"]),
-        model=lambda w: run_ref(REFCACHES[w.cache], None)[2],
+        data=lambda w: data_file(config["runs"][REFCACHES[w.cache][0]]["data"]),
+        model=lambda w: run_ref(REFCACHES[w.cache][0], None)[2],
     output:
         tensors=f"{R}/refcache/{{cache}}.safetensors",
         meta=f"{R}/refcache/{{cache}}.json",
     params:
-        spec=lambda w: js({**refcache_settings(REFCACHES[w.cache]), "batch_size": config["refcache"]["batch_size"]}),
-        model=lambda w: run_ref(REFCACHES[w.cache], None)[0],
-        revision=lambda w: revision_arg(run_ref(REFCACHES[w.cache], None)[1]),
+        spec=lambda w: refcache_params(w.cache),
+        model=lambda w: run_ref(REFCACHES[w.cache][0], None)[0],
+        revision=lambda w: revision_arg(run_ref(REFCACHES[w.cache][0], None)[1]),
     wildcard_constraints:
         cache="|".join(REFCACHES) or "(?!)",
     threads: config["refcache"]["threads"]

@@ -17,6 +17,8 @@ rule train:
         outdir=lambda w: f"{R}/train/{w.run}/seed{w.seed}",
         launch=train_launch_args,
     threads: lambda w: config["runs"][w.run]["threads"]
+    resources:
+        gpu=lambda w: config["runs"][w.run]["processes"],  # one process per GPU on the cluster
     log:
         f"{R}/logs/train/{{run}}/seed{{seed}}.log",
     benchmark:

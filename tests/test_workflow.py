@@ -44,6 +44,13 @@ def write_config(path, config):
     (lambda c: c.update(run=c.pop("runs")), "(top level): Additional properties are not allowed ('run' was unexpected)"),
     (lambda c: c["tables"]["mini_table"]["rows"].append("nope"), "unknown run or model 'nope'"),
     (lambda c: c["runs"]["dft"].update(m=2, epochs=2), "needs 4 negatives per example"),
+    (lambda c: c["runs"]["dpo_bmc"].pop("delta"), "runs.dpo_bmc: 'delta' is a required property"),
+    (lambda c: c["runs"]["simpo_sft"].pop("sft_weight"), "runs.simpo_sft: 'sft_weight' is a required property"),
+    (lambda c: c["runs"]["kto"].update(data="toy"), "kto needs 1 negatives per example"),
+    (lambda c: c["runs"]["spin"].update(data="toy_neg"), "spin generates its own negatives from a dataset"),
+    (lambda c: c["runs"]["spin"].update(ref="mini"), "runs.spin.ref: a spin iteration's reference"),
+    (lambda c: c["runs"].update(spin_iter1=dict(c["runs"]["sft"])), "the name is taken by iteration 1"),
+    (lambda c: c["runs"]["dpo"].update(lora={"r": 4}), "runs.dpo.lora: 'alpha' is a required property"),
 ])
 def test_config_error_fails_before_any_job(tmp_path, edit, message):
     config = yaml.safe_load(MINI.read_text())

@@ -138,6 +138,9 @@ def _check_negatives(name: str, r: dict, datasets: dict, generations: dict) -> N
     """The run's data must hold the negatives its method reads over all its epochs."""
     method = r["method"]
     if method == "spin":
+        if r["ref"] is not None:
+            raise ConfigError(f"config error at runs.{name}.ref: a spin iteration's reference is the previous "
+                              f"iteration's model; leave `ref` unset")
         if r["data"] not in datasets:
             raise ConfigError(f"config error at runs.{name}.data: spin generates its own negatives from a dataset "
                               f"(prompts and ground truth), not the generation '{r['data']}'")

@@ -128,23 +128,28 @@ class Forward:
     kl_logps: torch.Tensor | None = None    # [B, K] summed, on the mismatched KTO rows
 
 
-def forward_logps(model, examples: list[Example], pad_id: int) -> Forward:
-    """One forward over [chosen; neg_1; ...; neg_m (; KL rows)] of the micro-batch."""
-    b, k = len(examples), len(examples[0].rows)
-    seqs = [e.rows[j] for j in range(k) for e in examples]
-    n_kl = len(examples[0].kl)
-    seqs += [e.kl[j] for j in range(n_kl) for e in examples]
+def _rows_logps(model, seqs: list[Encoded], pad_id: int):
     batch = pad_batch(seqs, pad_id)
     device = next(model.parameters()).device
     ids = batch["input_ids"].to(device)
     logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
     logps, mask = token_logps(logits, ids, batch["loss_mask"].to(device))
+    return logps, mask, ids
+
+
+def forward_logps(model, examples: list[Example], pad_id: int) -> Forward:
+    """One forward over [chosen; neg_1; ...; neg_m] of the micro-batch; KTO's mismatched rows, which
+    only enter the detached KL estimate, go through a second forward without autograd."""
+    b, k = len(examples), len(examples[0].rows)
 
     def grid(x, cols):  # rows ordered column-major [col0 of all examples; col1; ...] -> [B, cols, ...]
         return x.view(cols, b, *x.shape[1:]).transpose(0, 1)
 
-    main = slice(0, b * k)
-    out = Forward(grid(logps[main], k), grid(mask[main], k), grid(ids[main], k))
+    logps, mask, ids = _rows_logps(model, [e.rows[j] for j in range(k) for e in examples], pad_id)
+    out = Forward(grid(logps, k), grid(mask, k), grid(ids, k))
+    n_kl = len(examples[0].kl)
     if n_kl:
-        out.kl_logps = grid(logps[b * k:].sum(-1), n_kl)
+        with torch.no_grad():
+            kl_logps, _, _ = _rows_logps(model, [e.kl[j] for j in range(n_kl) for e in examples], pad_id)
+        out.kl_logps = grid(kl_logps.sum(-1), n_kl)
     return out

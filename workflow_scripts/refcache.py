@@ -37,7 +37,11 @@ def build(model_path: str, revision: str | None, data: str, settings: dict, batc
     model = load_model(model_path, revision, settings.get("dtype", "float32"))
     model.eval()
     records = read_pairs(data)
-    k = min(len(r["negatives"]) for r in records)
+    k = settings["negatives"]
+    short = next((r for r in records if len(r["negatives"]) < k), None)
+    if short is not None:
+        raise InputError(data, f"id {short['id']!r} holds {len(short['negatives'])} negatives; the runs reading "
+                         f"this cache need {k}", field="negatives")
     examples, n_truncated = encode_examples(tokenizer, records, list(range(k)), settings,
                                             kl_pairs=bool(settings.get("kl_pairs")))
     sums, counts, flat, kl = [], [], [], []
@@ -74,6 +78,14 @@ class RefCache:
         if "token_logps" in self.tensors:
             self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.tensors["token_counts"].flatten().cumsum(0)])
 
+    def _columns(self, columns: list[int]) -> list[int]:
+        """Cache columns of (chosen, negatives in `columns`); the cache holds only what its runs read."""
+        held = self.tensors["sums"].shape[1] - 1
+        if columns and max(columns) >= held:
+            raise InputError(self.path, f"the cache holds {held} negatives per example; this run reads negative "
+                             f"{max(columns)}; rebuild the cache", field="sums")
+        return [0] + [c + 1 for c in columns]
+
     def _rows(self, ids: list[str]) -> torch.Tensor:
         try:
             return torch.tensor([self.row[i] for i in ids])
@@ -82,17 +94,17 @@ class RefCache:
 
     def sums(self, ids: list[str], columns: list[int]) -> torch.Tensor:
         """[B, 1 + len(columns)]: l_ref of the chosen response and of the negatives in `columns`."""
-        return self.tensors["sums"][self._rows(ids)][:, [0] + [c + 1 for c in columns]]
+        return self.tensors["sums"][self._rows(ids)][:, self._columns(columns)]
 
     def kl_sums(self, ids: list[str], columns: list[int]) -> torch.Tensor:
-        return self.tensors["kl_sums"][self._rows(ids)][:, [0] + [c + 1 for c in columns]]
+        return self.tensors["kl_sums"][self._rows(ids)][:, self._columns(columns)]
 
     def tokens(self, ids: list[str], columns: list[int], mask: torch.Tensor) -> torch.Tensor:
         """Per-token l_ref laid out like the policy's [B, K, T] `mask`."""
         out = torch.zeros(mask.shape, dtype=torch.float32)
         width = self.tensors["token_counts"].shape[1]
         for b, row in enumerate(self._rows(ids).tolist()):
-            for k, col in enumerate([0] + [c + 1 for c in columns]):
+            for k, col in enumerate(self._columns(columns)):
                 flat = row * width + col
                 values = self.tensors["token_logps"][self.offsets[flat]: self.offsets[flat + 1]]
                 positions = mask[b, k].nonzero().flatten().cpu()

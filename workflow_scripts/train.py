@@ -232,6 +232,7 @@ def train(args, hp: dict) -> None:
                     "fingerprint": run_fingerprint, "log": log, "responses_truncated": n_truncated},
                     {"u": u, "visited": visited}, keep=hp.get("keep_checkpoints", 1))
             if stop:
+                bar.close()
                 accelerator.print(f"preempted: checkpoint at step {step} saved; exiting for requeue")
                 sys.exit(PREEMPTED_EXIT)
     bar.close()
