@@ -177,3 +177,41 @@ def test_checkpoint_of_other_hyperparameters_is_not_resumed(tiny_world, tmp_path
     (tmp_path / "out/model").rename(tmp_path / "first_model")
     run_train(model, data, tmp_path / "out", changed, "--ref-model", model)
     assert json.loads((tmp_path / "out/run.json").read_text())["resumed_from_step"] is None
+
+
+def test_sigkill_at_a_random_step_resumes_to_identical_weights(tiny_world, tmp_path):
+    """kill -9 at a random optimizer step (possibly mid-checkpoint); the rerun resumes from the
+    newest whole checkpoint and ends byte-identical to an uninterrupted run."""
+    import random
+    import signal
+    import time
+
+    model, data = tiny_world
+    hp = hp_for("dft", epochs=4, m=1, checkpoint_every=1)  # 12 optimizer steps, negatives 0..3
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def command(outdir):
+        return [sys.executable, "-m", "workflow_scripts.train", "--params", json.dumps(hp), "--run", "t",
+                "--model", model, "--data", data, "--ref-model", model, "--outdir", str(outdir)]
+
+    subprocess.run(command(tmp_path / "full"), check=True, env=env, capture_output=True, timeout=300)
+    kill_after = random.Random().randint(1, 11)
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed/checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(p.name[4:]) for p in checkpoints.glob("step*") if p.name[4:].isdigit()] \
+            if checkpoints.is_dir() else []
+        if steps and max(steps) >= kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, f"the run ended before step {kill_after}"
+    assert not (tmp_path / "killed/model").exists()
+    subprocess.run(command(tmp_path / "killed"), check=True, env=env, capture_output=True, timeout=300)
+    resumed = json.loads((tmp_path / "killed/run.json").read_text())["resumed_from_step"]
+    assert resumed is not None and resumed >= kill_after - 1, (kill_after, resumed)
+    assert (tmp_path / "full/model/model.safetensors").read_bytes() == \
+        (tmp_path / "killed/model/model.safetensors").read_bytes(), f"killed after step {kill_after}"
+    assert (tmp_path / "full/train_log.jsonl").read_text() == (tmp_path / "killed/train_log.jsonl").read_text()

@@ -158,3 +158,24 @@ def test_bad_input_leaves_no_output(mini_run, tmp_path):
     finally:
         seed_file.write_text(backup)
         shutil.rmtree(workdir / ".snakemake" / "incomplete", ignore_errors=True)
+
+
+def test_two_runs_from_scratch_reproduce_every_digest(tmp_path):
+    """Same config and seeds, two workdirs: every artifact in the manifest (models, generations,
+    caches, trained weights, eval JSON, tables) has the same sha256."""
+    config = yaml.safe_load(MINI.read_text())
+    keep = {"sft", "dft", "kto", "spin"}
+    config["runs"] = {k: v for k, v in config["runs"].items() if k in keep}
+    config["tables"]["mini_table"]["rows"] = ["mini", *sorted(keep)]
+    manifests = []
+    for name in ("first", "second"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        path = write_config(workdir / "config.yaml", config)
+        result = snakemake(workdir, "--cores", "2", "--configfile", path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        manifests.append(json.loads((workdir / "results/manifest.json").read_text()))
+    first, second = (m["artifacts"] for m in manifests)
+    assert len(first) > 40 and "train/spin/seed42/model/model.safetensors" in first
+    differing = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    assert not differing, differing

@@ -82,7 +82,7 @@ def main(argv: list[str] | None) -> None:
     outdir = Path(args.outdir)
     with atomic_path(outdir) as tmp:
         tmp.mkdir()
-        docs_path = (outdir / "docs.jsonl").resolve()
+        docs_path = outdir / "docs.jsonl"  # relative to the workdir, where every job runs: no host path in results
         (tmp / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in task_docs(records, args.seed)))
         for task, cfg in task_configs(args.name, str(docs_path), args.max_gen_toks).items():
             (tmp / f"{task}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
