@@ -1,5 +1,6 @@
 """Data normalisation, validation messages, merge on id and the synthetic set."""
 import json
+import re
 
 import pytest
 
@@ -35,10 +36,26 @@ def test_normalise_makes_stable_ids_and_answers():
     assert recs[0]["answer"] == rows[0]["answer"].rsplit("#### ", 1)[1]
 
 
+def test_mapping_paths_pick_messages_out_of_chat_columns():
+    """UltraFeedback-style rows: chosen / rejected are [user, assistant] message lists."""
+    rows = [{"prompt_id": "p7", "prompt": "Name a prime.",
+             "chosen": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}],
+             "rejected": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "8"}]}]
+    mapping = {"id": "prompt_id", "prompt": "prompt", "chosen": "chosen[1].content", "rejected": "rejected[-1].content"}
+    rec = data.normalise(rows, "uf", "train", mapping, "uf.jsonl")[0]
+    assert (rec["id"], rec["chosen"], rec["rejected"]) == ("uf-train-p7", "7", "8")
+    for bad, message in [("chosen[2].content", "'chosen[2]' does not exist in this row"),
+                         ("chosen[1].text", "'chosen[1].text' does not exist in this row"),
+                         ("chosen[1]content", "bad column path 'chosen[1]content' at 'content'")]:
+        with pytest.raises(InputError, match=re.escape(message)) as e:
+            data.normalise(rows, "uf", "train", dict(mapping, chosen=bad), "uf.jsonl")
+        assert "uf.jsonl, line 1" in str(e.value) and "mapping.chosen" in str(e.value)
+
+
 @pytest.mark.parametrize("row, field, message", [
     ({"index": 0, "question": "", "answer": "1\n#### 1"}, "prompt[0].content", "non-empty string content"),
     ({"index": 0, "question": "q?", "answer": 5}, "chosen", "non-empty string"),
-    ({"index": 0, "question": "q?"}, "answer", "column 'answer' (mapping.chosen) is missing"),
+    ({"index": 0, "question": "q?"}, "answer", "column 'answer' is missing (mapping.chosen = 'answer')"),
     ({"index": 0, "question": "q?", "answer": "no marker"}, "answer", "no '####' answer marker"),
     ({"index": 0, "question": [{"role": "bot", "content": "x"}], "answer": "#### 1"}, "prompt[0].role", "role"),
 ])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from .io import InputError, read_jsonl, require_unique_ids, run_cli, write_jsonl
 
@@ -35,6 +36,32 @@ def validate_record(record: dict, error) -> None:
         raise error("missing", "chosen")
 
 
+PATH_STEP = re.compile(r"\[(-?\d+)\]|\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def resolve_path(row: dict, path: str):
+    """A mapping value: a column name, optionally followed by list indices and keys, e.g.
+    `chosen[1].content` (the first assistant reply of a chat column) or `chosen[-1].content`."""
+    head = re.match(r"[^\[.]+", path)
+    if head is None:
+        raise LookupError(f"bad column path '{path}'")
+    if head.group(0) not in row:
+        raise LookupError(f"column '{head.group(0)}' is missing")
+    value, pos = row[head.group(0)], head.end()
+    for step in PATH_STEP.finditer(path, pos):
+        if step.start() != pos:
+            break
+        index, key = step.groups()
+        try:
+            value = value[int(index)] if index is not None else value[key]
+        except (IndexError, KeyError, TypeError):
+            raise LookupError(f"'{path[:step.end()]}' does not exist in this row") from None
+        pos = step.end()
+    if pos != len(path):
+        raise LookupError(f"bad column path '{path}' at '{path[pos:]}'")
+    return value
+
+
 def normalise(source_rows: list[dict], dataset: str, split: str, mapping: dict, source: str) -> list[dict]:
     """Map source columns to the record schema; `mapping` names the source column of each field."""
     out = []
@@ -42,12 +69,13 @@ def normalise(source_rows: list[dict], dataset: str, split: str, mapping: dict, 
         line = index + 1
 
         def column(field):
-            name = mapping.get(field)
-            if name is None:
+            path = mapping.get(field)
+            if path is None:
                 return None
-            if name not in row:
-                raise InputError(source, f"column '{name}' (mapping.{field}) is missing", line, name)
-            return row[name]
+            try:
+                return resolve_path(row, path)
+            except LookupError as e:
+                raise InputError(source, f"{e.args[0]} (mapping.{field} = '{path}')", line, path) from None
 
         prompt = column("prompt")
         if isinstance(prompt, str):
@@ -76,6 +104,23 @@ def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[d
     return list(ds), f"{spec['hf_id']}@{spec['revision']}:{spec['splits'][split]}"
 
 
+def read_pairs(path: str) -> list[dict]:
+    """Training records with `negatives`: a merged generation file, or data whose `rejected` is the one negative."""
+    def validate(record, error):
+        validate_record(record, error)
+        if "negatives" in record:
+            negs = record["negatives"]
+            if not isinstance(negs, list) or not all(isinstance(n, str) for n in negs):
+                raise error("must be a list of strings", "negatives")
+
+    records = read_jsonl(path, validate)
+    require_unique_ids(path, records)
+    for r in records:
+        if "negatives" not in r:
+            r["negatives"] = [r["rejected"]] if "rejected" in r else []
+    return records
+
+
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True, help="JSON: the dataset's config entry")
@@ -96,19 +141,3 @@ def main(argv: list[str] | None) -> None:
 if __name__ == "__main__":
     run_cli(main)
 
-
-def read_pairs(path: str) -> list[dict]:
-    """Training records with `negatives`: a merged generation file, or data whose `rejected` is the one negative."""
-    def validate(record, error):
-        validate_record(record, error)
-        if "negatives" in record:
-            negs = record["negatives"]
-            if not isinstance(negs, list) or not all(isinstance(n, str) for n in negs):
-                raise error("must be a list of strings", "negatives")
-
-    records = read_jsonl(path, validate)
-    require_unique_ids(path, records)
-    for r in records:
-        if "negatives" not in r:
-            r["negatives"] = [r["rejected"]] if "rejected" in r else []
-    return records
