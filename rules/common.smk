@@ -1,4 +1,5 @@
 # Helpers and target lists shared by the rules (no rules here).
+import hashlib
 import json
 import os
 import sys
@@ -7,7 +8,9 @@ sys.path.insert(0, workflow.basedir)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from snakemake.exceptions import WorkflowError
-from workflow_scripts.config import METHODS, ConfigError, check_config, negatives_required, run_hyperparameters
+from workflow_scripts.config import (
+    METHODS, ConfigError, check_config, negatives_required, refcache_settings, run_hyperparameters,
+)
 
 try:
     check_config(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
@@ -85,18 +88,13 @@ def run_ref(run, seed):
     return model_location(r["ref"] or r["model"])
 
 
-def refcache_settings(run):
-    """Encoding settings the cache shares with its runs (train.refcache_settings adds nothing else)."""
-    r, spec = config["runs"][run], METHODS[config["runs"][run]["method"]]
-    return {"max_length": r["max_length"], "max_prompt_length": r["max_prompt_length"],
-            "prompt_format": r["prompt_format"], "dtype": r["dtype"], "token_level": spec.token_ref,
-            "kl_pairs": spec.kl_pairs}
-
-
 def refcache_name(run):
+    """Readable (reference, data, lengths, kind) plus a digest of every encoding setting and the dtype,
+    so runs share a cache exactly when it is valid for all of them."""
     r, spec = config["runs"][run], METHODS[config["runs"][run]["method"]]
     flags = ("-tok" if spec.token_ref else "") + ("-kl" if spec.kl_pairs else "")
-    return f"{r['ref'] or r['model']}--{r['data']}--{r['max_length']}-{r['max_prompt_length']}{flags}"
+    digest = hashlib.sha256(js({**refcache_settings(r), "dtype": r["dtype"]}).encode()).hexdigest()[:8]
+    return f"{r['ref'] or r['model']}--{r['data']}--{r['max_length']}-{r['max_prompt_length']}{flags}-{digest}"
 
 
 def uses_refcache(run):
@@ -116,7 +114,9 @@ def refcache_params(cache):
     """Settings of a cache (shared by its runs) and the negatives it must hold: the most any of them reads."""
     runs = REFCACHES[cache]
     negatives = max(negatives_required(config["runs"][r]["method"], config["runs"][r]) for r in runs)
-    return js({**refcache_settings(runs[0]), "negatives": negatives, "batch_size": config["refcache"]["batch_size"]})
+    first = config["runs"][runs[0]]
+    return js({**refcache_settings(first), "dtype": first["dtype"], "negatives": negatives,
+               "batch_size": config["refcache"]["batch_size"]})
 
 
 def subjects(row):

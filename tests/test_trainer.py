@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from workflow_scripts import refcache, train
-from workflow_scripts.config import METHODS, negatives_required
+from workflow_scripts.config import METHODS, negatives_required, refcache_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_HP = {"lr": 1e-3, "epochs": 2, "batch_size": 16, "micro_batch_size": 4, "warmup_ratio": 0.1, "weight_decay": 0.0,
@@ -43,7 +43,7 @@ def test_cached_reference_gives_the_live_losses_step_by_step(tiny_world, tmp_pat
     model, data = tiny_world
     hp = hp_for(method)
     cache = tmp_path / "ref.safetensors"
-    settings = {**train.refcache_settings(hp, METHODS[method]), "dtype": "float32", "batch_size": 7,
+    settings = {**refcache_settings(hp), "dtype": "float32", "batch_size": 7,
                 "negatives": negatives_required(method, hp)}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     live = run_train(model, data, tmp_path / "live", hp, "--ref-model", model)
@@ -58,7 +58,7 @@ def test_refcache_with_other_settings_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dpo")
     cache = tmp_path / "ref.safetensors"
-    settings = {**train.refcache_settings(hp, METHODS["dpo"]), "max_length": 100, "batch_size": 8, "negatives": 1}
+    settings = {**refcache_settings(hp), "max_length": 100, "batch_size": 8, "negatives": 1}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     with pytest.raises(Exception, match="settings digest differs"):
         run_train(model, data, tmp_path / "out", hp, "--ref-model", model, "--refcache", str(cache))
@@ -69,7 +69,7 @@ def test_refcache_with_too_few_negatives_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dft")  # sample: true, m 2, 2 epochs -> negatives 0..3
     cache = tmp_path / "ref.safetensors"
-    settings = {**train.refcache_settings(hp, METHODS["dft"]), "batch_size": 8, "negatives": 2}
+    settings = {**refcache_settings(hp), "batch_size": 8, "negatives": 2}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     with pytest.raises(Exception, match="the cache holds 2 negatives per example; this run reads negative 3"):
         run_train(model, data, tmp_path / "out", hp, "--ref-model", model, "--refcache", str(cache))

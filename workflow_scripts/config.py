@@ -61,6 +61,13 @@ def negatives_required(method: str, hp: dict) -> int:
     return m * hp["epochs"] if hp.get("sample") else m
 
 
+def refcache_settings(hp: dict) -> dict:
+    """The encoding settings a reference cache shares with the runs that read it (its digest)."""
+    spec = METHODS[hp["method"]]
+    return {"max_length": hp["max_length"], "max_prompt_length": hp["max_prompt_length"],
+            "prompt_format": hp.get("prompt_format"), "token_level": spec.token_ref, "kl_pairs": spec.kl_pairs}
+
+
 class ConfigError(Exception):
     pass
 

@@ -30,7 +30,7 @@ from .bmc import edit_masks, stopword_ids
 from .data import read_pairs
 from .encoding import encode_examples, forward_logps
 from .io import InputError, atomic_path, run_cli, sha256_file, write_json
-from .config import METHODS, negative_columns, negatives_required
+from .config import METHODS, negative_columns, negatives_required, refcache_settings
 from .losses import LOSSES, Batch, kto_kl
 from .models import load_model, load_tokenizer, weights_digest
 from .refcache import RefCache, expected_digests
@@ -90,7 +90,7 @@ class Reference:
     def __init__(self, args, hp: dict, method, device, policy):
         self.method, self.cache, self.model, self.policy = method, None, None, None
         if args.refcache:
-            expected = expected_digests(args.ref_model, args.ref_revision, args.data, refcache_settings(hp, method))
+            expected = expected_digests(args.ref_model, args.ref_revision, args.data, refcache_settings(hp))
             self.cache = RefCache(args.refcache, expected)
         elif hp.get("lora") and args.ref_model == args.model and args.ref_revision == args.revision:
             self.policy = policy  # reference = the same base with the adapters disabled
@@ -114,12 +114,6 @@ class Reference:
                 out = forward_logps(self.model, chunk, pad_id)
         batch.ref_logps = out.logps if self.method.token_ref else out.logps.sum(-1)
         batch.kl_ref_logps = out.kl_logps
-
-
-def refcache_settings(hp: dict, method) -> dict:
-    """The encoding settings a reference cache must share with the run."""
-    return {"max_length": hp["max_length"], "max_prompt_length": hp["max_prompt_length"],
-            "prompt_format": hp.get("prompt_format"), "token_level": method.token_ref, "kl_pairs": method.kl_pairs}
 
 
 class Preemption:
