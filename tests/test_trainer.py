@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from workflow_scripts import refcache, train
+from workflow_scripts.io import InputError
 from workflow_scripts.config import METHODS, negatives_required, refcache_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +216,12 @@ def test_sigkill_at_a_random_step_resumes_to_identical_weights(tiny_world, tmp_p
     assert (tmp_path / "full/model/model.safetensors").read_bytes() == \
         (tmp_path / "killed/model/model.safetensors").read_bytes(), f"killed after step {kill_after}"
     assert (tmp_path / "full/train_log.jsonl").read_text() == (tmp_path / "killed/train_log.jsonl").read_text()
+
+
+def test_data_with_too_few_negatives_is_refused_by_id_and_line(tiny_world, tmp_path):
+    model, data = tiny_world
+    hp = hp_for("dft", epochs=4)  # sample: true, m 2 -> negatives 0..7; the data holds 4
+    with pytest.raises(InputError, match=r"line 1, field 'negatives': id 'toy-train-0' holds 4 negatives; "
+                                         r"run 't' \(dft, m=2, epochs=4, sample=True\) needs 8"):
+        run_train(model, data, tmp_path / "out", hp, "--ref-model", model)
+    assert not (tmp_path / "out").exists()

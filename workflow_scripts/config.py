@@ -156,13 +156,14 @@ def _check_negatives(name: str, r: dict, datasets: dict, generations: dict) -> N
     if not need:
         return
     if r["data"] in generations:
-        have, source = len(generations[r["data"]]["seeds"]), f"generation '{r['data']}' has {{}} seeds"
+        have = len(generations[r["data"]]["seeds"])
+        source = f"generation '{r['data']}' has {have} seeds"
     else:
         have = 1 if datasets[r["data"]]["mapping"].get("rejected") else 0
-        source = f"dataset '{r['data']}' maps {{}} rejected response(s)"
+        source = f"dataset '{r['data']}' maps {have} rejected response(s)"
     if have < need:
         raise ConfigError(f"config error at runs.{name}: {method} needs {need} negatives per example "
-                          f"(m={r.get('m')}, epochs={r['epochs']}, sample={r.get('sample')}); " + source.format(have))
+                          f"(m={r.get('m')}, epochs={r['epochs']}, sample={r.get('sample')}); {source}")
 
 
 def expand_spin(config: dict) -> None:

@@ -104,8 +104,11 @@ def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[d
     return list(ds), f"{spec['hf_id']}@{spec['revision']}:{spec['splits'][split]}"
 
 
-def read_pairs(path: str) -> list[dict]:
-    """Training records with `negatives`: a merged generation file, or data whose `rejected` is the one negative."""
+def read_pairs(path: str, need: int = 0, reader: str = "") -> list[dict]:
+    """Training records with `negatives`: a merged generation file, or data whose `rejected` is the one negative.
+
+    With `need`, every record must hold that many negatives; `reader` (who reads them) goes into the error.
+    """
     def validate(record, error):
         validate_record(record, error)
         if "negatives" in record:
@@ -115,9 +118,12 @@ def read_pairs(path: str) -> list[dict]:
 
     records = read_jsonl(path, validate)
     require_unique_ids(path, records)
-    for r in records:
+    for lineno, r in enumerate(records, start=1):
         if "negatives" not in r:
             r["negatives"] = [r["rejected"]] if "rejected" in r else []
+        if len(r["negatives"]) < need:
+            raise InputError(path, f"id {r['id']!r} holds {len(r['negatives'])} negatives; {reader} needs {need}",
+                             lineno, "negatives")
     return records
 
 

@@ -36,12 +36,8 @@ def build(model_path: str, revision: str | None, data: str, settings: dict, batc
     tokenizer = load_tokenizer(model_path, revision)
     model = load_model(model_path, revision, settings.get("dtype", "float32"))
     model.eval()
-    records = read_pairs(data)
     k = settings["negatives"]
-    short = next((r for r in records if len(r["negatives"]) < k), None)
-    if short is not None:
-        raise InputError(data, f"id {short['id']!r} holds {len(short['negatives'])} negatives; the runs reading "
-                         f"this cache need {k}", field="negatives")
+    records = read_pairs(data, k, "the runs reading this reference cache")
     examples, n_truncated = encode_examples(tokenizer, records, list(range(k)), settings,
                                             kl_pairs=bool(settings.get("kl_pairs")))
     sums, counts, flat, kl = [], [], [], []

@@ -135,13 +135,9 @@ def train(args, hp: dict) -> None:
     if launched != world:
         raise RuntimeError(f"the launcher started {launched} processes but accelerate sees {world}")
     method = METHODS[hp["method"]]
-    records = read_pairs(args.data)
-    need = negatives_required(hp["method"], hp)
-    have = min((len(r["negatives"]) for r in records), default=0)
-    if have < need:
-        raise InputError(args.data, f"run '{args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "
-                         f"sample={hp.get('sample', False)}) needs {need} negatives per example; the data holds {have}",
-                         field="negatives")
+    records = read_pairs(args.data, negatives_required(hp["method"], hp),
+                         f"run '{args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "
+                         f"sample={hp.get('sample', False)})")
     accum, steps_per_epoch = plan_batches(len(records), hp, world)
     if steps_per_epoch == 0:
         raise InputError(args.data, f"{len(records)} examples are fewer than one batch of {hp['batch_size']}")
