@@ -51,6 +51,7 @@ def write_config(path, config):
     (lambda c: c["runs"]["spin"].update(ref="mini"), "runs.spin.ref: a spin iteration's reference"),
     (lambda c: c["runs"].update(spin_iter1=dict(c["runs"]["sft"])), "the name is taken by iteration 1"),
     (lambda c: c["runs"]["dpo"].update(lora={"r": 4}), "runs.dpo.lora: 'alpha' is a required property"),
+    (lambda c: c["runs"]["dpo_ddp"].update(batch_size=12), "runs.dpo_ddp.batch_size: 12 is not a multiple of"),
 ])
 def test_config_error_fails_before_any_job(tmp_path, edit, message):
     config = yaml.safe_load(MINI.read_text())

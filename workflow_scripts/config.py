@@ -126,6 +126,9 @@ def check_references(config: dict) -> None:
             need(f"runs.{name}.ref", r["ref"], models, "model")
         if r["max_prompt_length"] >= r["max_length"]:
             raise ConfigError(f"config error at runs.{name}: max_prompt_length must be below max_length")
+        if r["batch_size"] % (r["micro_batch_size"] * r["processes"]):
+            raise ConfigError(f"config error at runs.{name}.batch_size: {r['batch_size']} is not a multiple of "
+                              f"micro_batch_size {r['micro_batch_size']} x processes {r['processes']}")
         _check_negatives(name, r, datasets, generations)
     for name, e in evals.items():
         if e.get("synthetic"):
