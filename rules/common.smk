@@ -25,6 +25,7 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     split=r"[A-Za-z0-9_]+",
     generation=r"[A-Za-z0-9_]+",
+    pairs=r"[A-Za-z0-9_]+",
     run=r"[A-Za-z0-9_]+",
     seed=r"\d+",
     eval=r"[A-Za-z0-9_]+",
@@ -57,10 +58,30 @@ def revision_arg(revision):
 
 
 def data_file(name):
-    """Training data named in the config: a dataset's train split or a generation's merged negatives."""
+    """Training data named in the config: a dataset's train split, a generation's merged negatives,
+    step-controlled pairs or bridged pairs."""
     if name in config["generations"]:
         return f"{R}/merge/{name}.jsonl"
+    if name in config["step_controlled"]:
+        return f"{R}/step_controlled/{name}.jsonl"
+    if name in config["bridges"]:
+        return f"{R}/bridge/{name}.jsonl"
     return f"{R}/data/{name}/train.jsonl"
+
+
+def split_file(dataset, split):
+    return f"{R}/data/{dataset}/{split}.jsonl"
+
+
+def generate_python(settings):
+    """The interpreter of a generating job: on the cluster the rule's conda env provides vllm; on a
+    machine without conda, VLLM_PYTHON names an environment that has it (see the README)."""
+    return os.environ.get("VLLM_PYTHON", "python") if settings["backend"] == "vllm" else "python"
+
+
+def engine_params(settings, drop=()):
+    """A generating stage's settings as JSON params, without the keys that do not change its output."""
+    return js({k: v for k, v in settings.items() if k not in ("threads", *drop)})
 
 
 def run_data(run, seed):
@@ -162,8 +183,13 @@ def data_source_arg(w, input):
 
 
 def generation_params(w):
-    g = config["generations"][w.generation]
-    return js({k: v for k, v in g.items() if k not in ("seeds", "model", "dataset", "threads")})
+    return engine_params(config["generations"][w.generation], ("seeds", "model", "dataset"))
+
+
+def bridge_editor(w):
+    """(path or hub id, revision, inputs) of a bridge's editor model; nothing for synthetic_repair."""
+    editor = config["bridges"][w.pairs]["editor"]
+    return model_location(editor) if editor in config["models"] else (None, None, [])
 
 
 def train_inputs(w):
@@ -193,8 +219,7 @@ def train_launch_args(w):
 
 def spin_generation_params(w):
     """Sampling settings of a SPIN iteration's own responses (one per prompt, seed = training seed)."""
-    g = config["runs"][w.run]["generation"]
-    return js({k: v for k, v in g.items() if k != "threads"})
+    return engine_params(config["runs"][w.run]["generation"])
 
 
 def eval_inputs(w):

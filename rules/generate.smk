@@ -10,6 +10,7 @@ rule generate:
     output:
         f"{R}/generate/{{generation}}/seed{{seed}}.jsonl",
     params:
+        python=lambda w: generate_python(config["generations"][w.generation]),
         spec=generation_params,
         model=lambda w: model_location(config["generations"][w.generation]["model"])[0],
         revision=lambda w: revision_arg(model_location(config["generations"][w.generation]["model"])[1]),
@@ -21,7 +22,7 @@ rule generate:
     conda:
         "../envs/generate.yaml"
     shell:
-        "python -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
+        "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
         "--seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 

@@ -11,6 +11,7 @@ rule spin_generate:
     output:
         f"{R}/spin/{{run}}/generate{{seed}}/seed{{seed}}.jsonl",
     params:
+        python=lambda w: generate_python(config["runs"][w.run]["generation"]),
         spec=spin_generation_params,
         model=lambda w: run_model(w.run, w.seed)[0],
         revision=lambda w: revision_arg(run_model(w.run, w.seed)[1]),
@@ -22,7 +23,7 @@ rule spin_generate:
     conda:
         "../envs/generate.yaml"
     shell:
-        "python -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
+        "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
         "--seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 

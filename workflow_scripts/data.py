@@ -32,6 +32,8 @@ def validate_record(record: dict, error) -> None:
     for field in ("chosen", "rejected"):
         if field in record and (not isinstance(record[field], str) or not record[field].strip()):
             raise error("must be a non-empty string", field)
+    if "prefix" in record and not isinstance(record["prefix"], str):
+        raise error("must be a string (the given start of the response)", "prefix")
     if "chosen" not in record:
         raise error("missing", "chosen")
 

@@ -7,13 +7,14 @@ import torch
 
 
 def render_prompt(tokenizer, messages: list[dict], system_prompt: str | None = None,
-                  prompt_format: str | None = None) -> str:
-    """The prompt text: the chat template with its generation prompt, or a raw format string."""
+                  prompt_format: str | None = None, prefix: str = "") -> str:
+    """The prompt text: the chat template with its generation prompt, or a raw format string, then
+    `prefix` (the start of the response that is given, e.g. SCDPO's correct steps)."""
     if prompt_format is not None:
-        return prompt_format.format(prompt=messages[-1]["content"])
+        return prompt_format.format(prompt=messages[-1]["content"]) + prefix
     if system_prompt:
         messages = [{"role": "system", "content": system_prompt}] + list(messages)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
@@ -102,7 +103,8 @@ def encode_examples(tokenizer, records: list[dict], columns: list[int], settings
     reference cache can hold them.
     """
     examples, n_truncated = [], 0
-    prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"], prompt_format=settings.get("prompt_format")))
+    prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"], prompt_format=settings.get("prompt_format"),
+                                                      prefix=r.get("prefix", "")))
                for r in records]
 
     def join(i, text):

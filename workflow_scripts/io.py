@@ -103,6 +103,17 @@ def require_unique_ids(path: str | os.PathLike, records: list[dict]) -> None:
         seen[record["id"]] = lineno
 
 
+def seed_files(paths: list[str]) -> dict[int, str]:
+    """Per-seed files by seed: each must be named seed<N>.jsonl."""
+    out = {}
+    for path in paths:
+        name = os.path.basename(path)
+        if not (name.startswith("seed") and name.endswith(".jsonl") and name[4:-6].isdigit()):
+            raise InputError(path, "a per-seed file must be named seed<N>.jsonl")
+        out[int(name[4:-6])] = path
+    return out
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -25,7 +25,7 @@ def artifact_digests(results: str) -> dict[str, str]:
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
-        if SKIPPED_PARTS & set(rel.parts) or rel.name.startswith(".") or rel.name == "manifest.json":
+        if SKIPPED_PARTS & set(rel.parts) or any(p.startswith(".") for p in rel.parts) or rel.name == "manifest.json":
             continue
         out[str(rel)] = sha256_file(path)
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from .data import validate_record
-from .io import InputError, read_jsonl, run_cli, write_jsonl
+from .io import InputError, read_jsonl, run_cli, seed_files, write_jsonl
 
 
 def validate_generation(record: dict, error) -> None:
@@ -17,11 +17,11 @@ def validate_generation(record: dict, error) -> None:
             raise error(f"missing or not a {kind.__name__}", field)
 
 
-def merge(data: list[dict], seed_files: dict[int, str]) -> list[dict]:
+def merge(data: list[dict], files: dict[int, str]) -> list[dict]:
     ids = [r["id"] for r in data]
     texts: dict[int, dict[str, str]] = {}
-    for seed in sorted(seed_files):
-        path = seed_files[seed]
+    for seed in sorted(files):
+        path = files[seed]
         by_id: dict[str, str] = {}
         for lineno, g in enumerate(read_jsonl(path, validate_generation), start=1):
             if g["id"] in by_id:
@@ -48,15 +48,10 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     data = read_jsonl(args.data, validate_record)[: args.limit]
-    seed_files = {}
-    for path in args.seed_files:
-        name = path.rsplit("/", 1)[-1]
-        if not (name.startswith("seed") and name.endswith(".jsonl") and name[4:-6].isdigit()):
-            raise InputError(path, "a generation file must be named seed<N>.jsonl")
-        seed_files[int(name[4:-6])] = path
-    merged = merge(data, seed_files)
+    files = seed_files(args.seed_files)
+    merged = merge(data, files)
     write_jsonl(args.output, merged)
-    print(f"merged {len(merged)} examples x {len(seed_files)} seeds {sorted(seed_files)}")
+    print(f"merged {len(merged)} examples x {len(files)} seeds {sorted(files)}")
 
 
 if __name__ == "__main__":

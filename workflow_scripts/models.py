@@ -36,6 +36,13 @@ def tokenizer_digest(model: str, revision: str | None = None) -> str:
     return h.hexdigest()
 
 
+def model_identity(model: str, revision: str | None = None) -> dict:
+    """What a model's outputs depend on: the pinned revision of a hub model, the digests of a local folder."""
+    if revision is not None and not os.path.isdir(model):
+        return {"hf_id": model, "revision": revision}
+    return {"weights": weights_digest(model, revision), "tokenizer": tokenizer_digest(model, revision)}
+
+
 def load_tokenizer(model: str, revision: str | None = None):
     from transformers import AutoTokenizer
 

@@ -1,0 +1,66 @@
+# Pairs made by models from the data: step-controlled negatives (SCDPO; one job per seed, then
+# joined) and bridged pairs (DPO-BMC; an editor model or the synthetic task's minimal repair).
+
+
+rule step_controlled_generate:
+    input:
+        script=script("step_controlled"),
+        data=lambda w: split_file(config["step_controlled"][w.pairs]["dataset"], config["step_controlled"][w.pairs]["split"]),
+        model=lambda w: model_location(config["step_controlled"][w.pairs]["model"])[2],
+    output:
+        f"{R}/step_controlled/{{pairs}}/seed{{seed}}.jsonl",
+    params:
+        python=lambda w: generate_python(config["step_controlled"][w.pairs]),
+        spec=lambda w: engine_params(config["step_controlled"][w.pairs], ("seeds", "model", "dataset")),
+        model=lambda w: model_location(config["step_controlled"][w.pairs]["model"])[0],
+        revision=lambda w: revision_arg(model_location(config["step_controlled"][w.pairs]["model"])[1]),
+    threads: lambda w: config["step_controlled"][w.pairs]["threads"]
+    log:
+        f"{R}/logs/step_controlled/{{pairs}}/seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/step_controlled/{{pairs}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    shell:
+        "{params.python} -m workflow_scripts.step_controlled generate --params {params.spec:q} --data {input.data} "
+        "--model {params.model} {params.revision} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
+
+
+rule step_controlled_pairs:
+    input:
+        script=script("step_controlled"),
+        data=lambda w: split_file(config["step_controlled"][w.pairs]["dataset"], config["step_controlled"][w.pairs]["split"]),
+        seeds=lambda w: [f"{R}/step_controlled/{w.pairs}/seed{s}.jsonl" for s in config["step_controlled"][w.pairs]["seeds"]],
+    output:
+        f"{R}/step_controlled/{{pairs}}.jsonl",
+    params:
+        spec=lambda w: engine_params(config["step_controlled"][w.pairs], ("seeds", "model", "dataset")),
+    log:
+        f"{R}/logs/step_controlled/{{pairs}}/pairs.log",
+    conda:
+        "../envs/generate.yaml"
+    shell:
+        "python -m workflow_scripts.step_controlled pairs --params {params.spec:q} --data {input.data} "
+        "--seed-files {input.seeds} --output {output} > {log} 2>&1"
+
+
+rule bridge:
+    input:
+        script=script("bridge"),
+        source=lambda w: data_file(config["bridges"][w.pairs]["source"]),
+        editor=lambda w: bridge_editor(w)[2],
+    output:
+        pairs=f"{R}/bridge/{{pairs}}.jsonl",
+        stats=f"{R}/bridge/{{pairs}}.stats.json",
+    params:
+        python=lambda w: generate_python(config["bridges"][w.pairs]),
+        spec=lambda w: engine_params(config["bridges"][w.pairs], ("source",)),
+        editor=lambda w: f"--editor {bridge_editor(w)[0]} {revision_arg(bridge_editor(w)[1])}" if bridge_editor(w)[0] else "",
+    threads: lambda w: config["bridges"][w.pairs]["threads"]
+    log:
+        f"{R}/logs/bridge/{{pairs}}.log",
+    conda:
+        "../envs/generate.yaml"
+    shell:
+        "{params.python} -m workflow_scripts.bridge --params {params.spec:q} --source {input.source} {params.editor} "
+        "--output {output.pairs} --stats {output.stats} --threads {threads} > {log} 2>&1"

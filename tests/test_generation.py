@@ -1,0 +1,124 @@
+"""Seeded generation: the same samples across reruns, batch sizes and shard sizes, and after a kill."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workflow_scripts import generate
+from workflow_scripts.backends import cut_at_stop, request_seed
+from workflow_scripts.shards import shard_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = {"backend": "hf", "dtype": "float32", "batch_size": 16, "shard_size": 8, "max_model_len": None,
+          "gpu_memory_utilization": 0.9, "system_prompt": None, "prompt_format": None, "temperature": 1.0,
+          "top_p": 0.95, "top_k": 40, "max_new_tokens": 24, "stop": [], "limit": None}
+
+
+def argv(model, data, out, seed=3, **overrides):
+    return ["--params", json.dumps({**PARAMS, **overrides}), "--data", data, "--model", model,
+            "--seed", str(seed), "--output", str(out)]
+
+
+def test_request_seed_depends_on_id_and_seed_only():
+    assert request_seed("a", 0) == request_seed("a", 0)
+    assert len({request_seed("a", 0), request_seed("a", 1), request_seed("b", 0)}) == 3
+    assert 0 <= request_seed("x", 7) < 2 ** 63
+
+
+def test_stop_strings_cut_at_the_earliest():
+    assert cut_at_stop("12 + 3\nnext", ("\n",)) == ("12 + 3", "\n")
+    assert cut_at_stop("a END b\nc", ("\n", "END")) == ("a ", "END")
+    assert cut_at_stop("no stop", ("\n",)) == ("no stop", None)
+
+
+def test_samples_do_not_depend_on_batch_size_shard_size_or_rerun(tiny_world, tmp_path):
+    model, data = tiny_world
+    a, b, c, other = (tmp_path / f"{n}/seed3.jsonl" for n in ("a", "b", "c", "d"))
+    generate.main(argv(model, data, a))
+    generate.main(argv(model, data, b, batch_size=5, shard_size=48))
+    generate.main(argv(model, data, c))
+    generate.main(argv(model, data, other, seed=4))
+    assert a.read_bytes() == b.read_bytes() == c.read_bytes()
+    records = [json.loads(line) for line in a.read_text().splitlines()]
+    texts = [r["text"] for r in records]
+    assert [r["id"] for r in records] == [json.loads(line)["id"] for line in Path(data).read_text().splitlines()]
+    assert all(r["seed"] == 3 and r["finish_reason"] in ("stop", "length") for r in records)
+    assert len(set(texts)) > len(texts) // 2 and all(t == t.lstrip() for t in texts)
+    others = [json.loads(line)["text"] for line in other.read_text().splitlines()]
+    assert sum(x != y for x, y in zip(texts, others)) > len(texts) // 2  # another seed, other samples
+    assert not shard_folder(a).exists()
+
+
+def test_a_killed_generation_resumes_from_its_shards(tiny_world, tmp_path):
+    """SIGKILL after some shards are written: no output; the rerun reads them back and ends byte-identical
+    to an uninterrupted run."""
+    model, data = tiny_world
+    whole, killed = tmp_path / "whole/seed3.jsonl", tmp_path / "killed/seed3.jsonl"
+    generate.main(argv(model, data, whole, shard_size=2))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "workflow_scripts.generate",
+                             *argv(model, data, killed, shard_size=2)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = shard_folder(killed)
+    deadline = time.time() + 120
+    while len(list(folder.glob("shard*.jsonl"))) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(folder.glob("shard*.jsonl"))
+    assert 3 <= len(done) < 24 and not killed.exists(), "the job must be killed half-way"
+    resumed = subprocess.run([sys.executable, "-m", "workflow_scripts.generate", *argv(model, data, killed, shard_size=2)],
+                             env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    n_resumed = int(re.search(r"(\d+) shards resumed", resumed.stdout).group(1))
+    assert n_resumed >= len(done)  # read back, not regenerated (one more may have finished before the kill)
+    assert killed.read_bytes() == whole.read_bytes()
+    assert not folder.exists()
+
+
+def test_stale_shards_of_other_settings_are_discarded(tiny_world, tmp_path):
+    model, data = tiny_world
+    whole, out = tmp_path / "whole/seed3.jsonl", tmp_path / "out/seed3.jsonl"
+    generate.main(argv(model, data, whole))
+    folder = shard_folder(out)
+    folder.mkdir(parents=True)
+    (folder / "fingerprint.json").write_text(json.dumps({"params": "other"}))
+    (folder / "shard000000.jsonl").write_text(json.dumps({"id": "stale", "seed": 3, "text": "x",
+                                                          "finish_reason": "stop"}) + "\n")
+    generate.main(argv(model, data, out))
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_prefix_and_system_prompt_are_rendered(tiny_world):
+    from workflow_scripts.models import load_tokenizer
+
+    model, _ = tiny_world
+    tok = load_tokenizer(model)
+    record = {"id": "x", "prompt": [{"role": "user", "content": "Q?"}], "prefix": "1 + 1 = 2\n"}
+    text = tok.decode(generate.prompt_ids(tok, record, {"system_prompt": "You are an unhelpful assistant."}))
+    assert "You are an unhelpful assistant." in text and "Q?" in text and text.endswith("1 + 1 = 2\n")
+    raw = tok.decode(generate.prompt_ids(tok, record, {"prompt_format": "### Instruction:\n{prompt}\n\n### Response:"}),
+                     skip_special_tokens=True)
+    assert raw == "### Instruction:\nQ?\n\n### Response:1 + 1 = 2\n"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"id": "a", "prompt": [{"role": "user", "content": "q"}], "chosen": "x"}\n{broken', "line 2: invalid JSON"),
+    ('{"id": "a", "prompt": [{"role": "robot", "content": "q"}], "chosen": "x"}', "line 1, field 'prompt[0].role'"),
+    ('{"id": "a", "prompt": [{"role": "user", "content": " "}], "chosen": "x"}', "line 1, field 'prompt[0].content'"),
+    ('{"id": "a", "prompt": [{"role": "user", "content": "q"}]}', "line 1, field 'chosen': missing"),
+])
+def test_generation_refuses_bad_data_without_output(tiny_world, tmp_path, bad, message):
+    model, _ = tiny_world
+    data = tmp_path / "data.jsonl"
+    data.write_text(bad + "\n")
+    out = tmp_path / "gen/seed3.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.generate", *argv(model, str(data), out)],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and str(data) in proc.stderr
+    assert not out.parent.exists() or not any(out.parent.iterdir())

@@ -1,0 +1,150 @@
+"""Bridged pairs for DPO-BMC (Jiang et al. 2024): (pseudo-winning, losing).
+
+An editor rewrites the losing response with targeted edits, using the winning one as reference.
+Editors:
+- a model (any generation backend) prompted with a configurable template holding {prompt},
+  {winning} and {losing}; upstream used gpt-4-0125-preview and did not publish its prompt;
+- `synthetic_repair`: for the synthetic arithmetic task, a deterministic minimal edit that repairs
+  only the wrong steps of the losing response: a step is a line that computes something (an
+  equation, well-formed or not); each wrong one is replaced by the reference solution's step at
+  that position, missing steps are added before the answer line, extra ones removed, and the
+  final answer line set. Its other text (narrative lines) is left alone.
+Output records: `{"id", "prompt", "chosen": pseudo-winning, "negatives": [losing], "winning"}`, and
+a statistics JSON with the mean character edit distances pseudo-winning <-> losing and
+winning <-> losing (the bridging should make the first smaller).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import torch
+
+from .backends import Request, Sampling, request_seed
+from .data import read_pairs
+from .generate import LazyBackend, fingerprint, prompt_ids
+from .io import InputError, run_cli, sha256_file, write_json
+from .models import load_tokenizer
+from .shards import run_in_shards
+
+SYNTHETIC_REPAIR = "synthetic_repair"
+STEP = re.compile(r"=|\d\s*[-+*/]\s*\d")  # a line that computes something (well-formed or not)
+ANSWER_LINE = re.compile(r"^\s*####")
+
+
+def _same_step(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
+def synthetic_repair(losing: str, winning: str) -> str:
+    """The losing response with its wrong steps replaced by the reference's and the right final answer."""
+    reference = [line for line in winning.split("\n") if STEP.search(line) and not ANSWER_LINE.match(line)]
+    answer = next(line for line in reversed(winning.split("\n")) if ANSWER_LINE.match(line))
+    out, step, answered = [], 0, False
+    for line in losing.split("\n"):
+        if ANSWER_LINE.match(line):
+            if not answered:
+                out.extend(reference[step:])
+                step = len(reference)
+                out.append(answer)
+                answered = True
+        elif STEP.search(line):
+            if step < len(reference):
+                out.append(line if _same_step(line, reference[step]) else reference[step])
+                step += 1
+        else:
+            out.append(line)
+    if not answered:
+        out.extend(reference[step:])
+        out.append(answer)
+    return "\n".join(out)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance in characters."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def editor_messages(template: str, record: dict) -> list[dict]:
+    """The editor's prompt: the template filled with the record's prompt, winning and losing responses."""
+    text = template.format(prompt=record["prompt"][-1]["content"], winning=record["chosen"],
+                           losing=record["negatives"][0])
+    return [{"role": "user", "content": text}]
+
+
+def model_editor(model: str, revision: str | None, p: dict):
+    """A function that asks the editor model for each record's pseudo-winning response."""
+    tokenizer = load_tokenizer(model, revision)
+    backend = LazyBackend(p["backend"], model, revision, p)
+    settings = Sampling(p["temperature"], p["top_p"], p["top_k"], p["max_new_tokens"], tuple(p["stop"]))
+
+    def edit(chunk: list[dict]) -> list[str]:
+        requests = [Request(prompt_ids(tokenizer, {"prompt": editor_messages(p["template"], r)}, p),
+                            request_seed(r["id"], p["seed"]), settings) for r in chunk]
+        return [c.text.strip() for c in backend.generate(requests)]
+
+    return edit
+
+
+def bridge(records: list[dict], rewrites: list[str]) -> list[dict]:
+    """Pairs (pseudo-winning, losing); a record whose rewrite is empty is dropped."""
+    pairs = []
+    for r, pseudo in zip(records, rewrites):
+        if pseudo.strip():
+            pair = {"id": r["id"], "prompt": r["prompt"], "chosen": pseudo, "negatives": [r["negatives"][0]],
+                    "winning": r["chosen"]}
+            pairs.append(pair | {key: r[key] for key in ("prefix", "answer") if key in r})
+    return pairs
+
+
+def distances(pairs: list[dict]) -> dict:
+    n = max(len(pairs), 1)
+    return {"pseudo_winning_to_losing": sum(edit_distance(p["chosen"], p["negatives"][0]) for p in pairs) / n,
+            "winning_to_losing": sum(edit_distance(p["winning"], p["negatives"][0]) for p in pairs) / n,
+            "unit": "characters (Levenshtein), mean over pairs"}
+
+
+def main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True, help="JSON: the bridge's config entry")
+    parser.add_argument("--source", required=True, help="pairs: a merged generation or a dataset with `rejected`")
+    parser.add_argument("--editor", default=None, help="the editor model (path or hub id); none for synthetic_repair")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--stats", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    p = json.loads(args.params)
+    records = read_pairs(args.source, need=1, reader="bridging")[: p.get("limit")]
+    if p["editor"] == SYNTHETIC_REPAIR:
+        for lineno, r in enumerate(records, start=1):
+            if not any(ANSWER_LINE.match(line) for line in r["chosen"].split("\n")):
+                raise InputError(args.source, f"id {r['id']!r}: {SYNTHETIC_REPAIR} needs a '#### answer' line in the "
+                                 "winning response", lineno, "chosen")
+
+        def edit(chunk):
+            return [synthetic_repair(r["negatives"][0], r["chosen"]) for r in chunk]
+        identity = {"stage": "bridge", "params": p, "source": sha256_file(args.source)}
+    else:
+        edit = model_editor(args.editor, args.revision, p)
+        identity = fingerprint("bridge", p, p["seed"], args.source, args.editor, args.revision)
+    pairs, resumed = run_in_shards(args.output, records, lambda chunk: bridge(chunk, edit(chunk)), identity,
+                                   p["shard_size"], f"bridge ({p['editor']})")
+    stats = {"editor": p["editor"], "records": len(records), "pairs": len(pairs),
+             "dropped_empty_rewrites": len(records) - len(pairs), **distances(pairs)}
+    write_json(args.stats, stats)
+    print(f"{json.dumps(stats)}; {resumed} shards resumed")
+
+
+if __name__ == "__main__":
+    run_cli(main)
