@@ -26,6 +26,7 @@ localrules:
     build_synthetic_dataset,
     merge,
     step_controlled_pairs,
+    unpair,
     lm_eval_tasks,
     table,
     manifest,

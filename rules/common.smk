@@ -66,6 +66,8 @@ def data_file(name):
         return f"{R}/step_controlled/{name}.jsonl"
     if name in config["bridges"]:
         return f"{R}/bridge/{name}.jsonl"
+    if name in config["unpaired"]:
+        return f"{R}/unpaired/{name}.jsonl"
     return f"{R}/data/{name}/train.jsonl"
 
 

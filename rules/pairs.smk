@@ -1,5 +1,6 @@
-# Pairs made by models from the data: step-controlled negatives (SCDPO; one job per seed, then
-# joined) and bridged pairs (DPO-BMC; an editor model or the synthetic task's minimal repair).
+# Training data made from the data and models: step-controlled pairs (SCDPO; one job per seed, then
+# joined), bridged pairs (DPO-BMC; an editor model or the synthetic task's minimal repair) and
+# KTO's unpaired data (a generation's samples labelled by the answer checker).
 
 
 rule step_controlled_generate:
@@ -64,3 +65,19 @@ rule bridge:
     shell:
         "{params.python} -m workflow_scripts.bridge --params {params.spec:q} --source {input.source} {params.editor} "
         "--output {output.pairs} --stats {output.stats} --threads {threads} > {log} 2>&1"
+
+
+rule unpair:
+    input:
+        script=script("unpaired"),
+        source=lambda w: data_file(config["unpaired"][w.pairs]["source"]),
+    output:
+        f"{R}/unpaired/{{pairs}}.jsonl",
+    params:
+        spec=lambda w: js(config["unpaired"][w.pairs]),
+    log:
+        f"{R}/logs/unpaired/{{pairs}}.log",
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m workflow_scripts.unpaired --params {params.spec:q} --source {input.source} --output {output} > {log} 2>&1"

@@ -30,7 +30,7 @@ def test_synthetic_splits_are_disjoint_deterministic_and_gsm8k_shaped():
 
 def test_normalise_makes_stable_ids_and_answers():
     rows = synthetic.make_splits(0, {"train": 5}, 20)["train"]
-    recs = data.normalise(rows, "arith", "train", MAPPING, "src.jsonl")
+    recs = data.normalise(list(enumerate(rows)), "arith", "train", MAPPING, "src.jsonl")
     assert [r["id"] for r in recs] == [f"arith-train-{i}" for i in range(5)]
     assert recs[0]["prompt"] == [{"role": "user", "content": rows[0]["question"]}]
     assert recs[0]["answer"] == rows[0]["answer"].rsplit("#### ", 1)[1]
@@ -42,13 +42,13 @@ def test_mapping_paths_pick_messages_out_of_chat_columns():
              "chosen": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}],
              "rejected": [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "8"}]}]
     mapping = {"id": "prompt_id", "prompt": "prompt", "chosen": "chosen[1].content", "rejected": "rejected[-1].content"}
-    rec = data.normalise(rows, "uf", "train", mapping, "uf.jsonl")[0]
+    rec = data.normalise(list(enumerate(rows)), "uf", "train", mapping, "uf.jsonl")[0]
     assert (rec["id"], rec["chosen"], rec["rejected"]) == ("uf-train-p7", "7", "8")
     for bad, message in [("chosen[2].content", "'chosen[2]' does not exist in this row"),
                          ("chosen[1].text", "'chosen[1].text' does not exist in this row"),
                          ("chosen[1]content", "bad column path 'chosen[1]content' at 'content'")]:
         with pytest.raises(InputError, match=re.escape(message)) as e:
-            data.normalise(rows, "uf", "train", dict(mapping, chosen=bad), "uf.jsonl")
+            data.normalise(list(enumerate(rows)), "uf", "train", dict(mapping, chosen=bad), "uf.jsonl")
         assert "uf.jsonl, line 1" in str(e.value) and "mapping.chosen" in str(e.value)
 
 
@@ -62,7 +62,7 @@ def test_mapping_paths_pick_messages_out_of_chat_columns():
 def test_bad_records_name_file_line_and_field(row, field, message):
     good = {"index": 1, "question": "ok?", "answer": "1 + 1 = 2\n#### 2"}
     with pytest.raises(InputError) as e:
-        data.normalise([good, row], "d", "train", MAPPING, "raw.jsonl")
+        data.normalise([(0, good), (1, row)], "d", "train", MAPPING, "raw.jsonl")
     assert "raw.jsonl, line 2" in str(e.value) and f"field '{field}'" in str(e.value) and message in str(e.value)
 
 
@@ -77,6 +77,91 @@ def test_data_cli_rejects_bad_json_and_duplicate_ids_without_output(tmp_path):
     with pytest.raises(InputError, match=r"line 2, field 'id': duplicate id 'd-train-0'"):
         data.main(argv)
     assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+UF_MAPPING = {"prompt": "prompt", "chosen": "chosen[-1].content", "rejected": "rejected[-1].content"}
+
+
+def uf_rows(n):
+    return [{"prompt": f"q{i}", "chosen": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+             "rejected": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"b{i}"}]}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("train", ("train", slice(None, None))),
+    ("train[:11000]", ("train", slice(None, 11000))),
+    ("train[11000:13750]", ("train", slice(11000, 13750))),
+    ("train_sft[-5:]", ("train_sft", slice(-5, None))),
+])
+def test_split_slices(spec, expected):
+    assert data.parse_split(spec) == expected
+    with pytest.raises(ValueError, match="bad split"):
+        data.parse_split("train[1]")
+
+
+def test_hub_dataset_with_seeded_shuffle_and_held_out_slices(tmp_path, monkeypatch):
+    """The hub loader (datasets.load_dataset at a revision; here a local dataset folder in the hub's
+    parquet layout): shuffled with a seed, sliced into disjoint train / test splits, ids = source index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "hub/data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(uf_rows(20)), tmp_path / "hub/data/train-00000-of-00001.parquet")
+    spec = {"hf_id": str(tmp_path / "hub"), "revision": "0" * 40, "shuffle_seed": 7, "mapping": UF_MAPPING,
+            "splits": {"train": "train[:12]", "test": "train[12:]"}}
+    out = {}
+    for split in ("train", "test"):
+        path = tmp_path / f"{split}.jsonl"
+        data.main(["--params", json.dumps(spec), "--dataset", "uf", "--split", split, "--output", str(path)])
+        out[split] = read_jsonl(path)
+    index = {split: [int(r["id"].rsplit("-", 1)[1]) for r in recs] for split, recs in out.items()}
+    assert len(index["train"]) == 12 and len(index["test"]) == 8
+    assert sorted(index["train"] + index["test"]) == list(range(20))
+    assert index["train"] != sorted(index["train"])  # shuffled
+    assert all(r["chosen"] == f"a{i}" and r["rejected"] == f"b{i}" and r["id"] == f"uf-train-{i}"
+               for r, i in zip(out["train"], index["train"]))
+    again = tmp_path / "again.jsonl"
+    data.main(["--params", json.dumps(spec), "--dataset", "uf", "--split", "train", "--output", str(again)])
+    assert again.read_bytes() == (tmp_path / "train.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet"])
+def test_local_json_and_parquet_sources(tmp_path, suffix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = uf_rows(3)
+    src = tmp_path / f"raw{suffix}"
+    if suffix == ".json":
+        src.write_text(json.dumps(rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), src)
+    out = tmp_path / "out.jsonl"
+    data.main(["--params", json.dumps({"mapping": UF_MAPPING}), "--dataset", "uf", "--split", "train",
+               "--source", str(src), "--output", str(out)])
+    assert [(r["id"], r["chosen"]) for r in read_jsonl(out)] == [("uf-train-0", "a0"), ("uf-train-1", "a1"),
+                                                                ("uf-train-2", "a2")]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("raw.json", '{"prompt": "q"}', "raw.json: a JSON source must be a list of objects"),
+    ("raw.json", '[{"prompt": "q",', "raw.json, line 1: invalid JSON"),
+    ("raw.csv", "prompt,chosen\n", "raw.csv: a local source must be .jsonl, .json or .parquet"),
+    ("raw.jsonl", '{"prompt": "q", "chosen": [{"role": "assistant", "content": ""}], "rejected": "x"}',
+     "raw.jsonl, line 1, field 'chosen': must be a non-empty string"),
+])
+def test_bad_local_sources_give_no_output(tmp_path, name, content, message):
+    src = tmp_path / name
+    src.write_text(content)
+    out = tmp_path / "out.jsonl"
+    mapping = {"prompt": "prompt", "chosen": "chosen[-1].content", "rejected": "rejected"}
+    with pytest.raises(InputError) as e:
+        data.main(["--params", json.dumps({"mapping": mapping}), "--dataset", "uf", "--split", "train",
+                   "--source", str(src), "--output", str(out)])
+    assert message in str(e.value)
+    assert not out.exists()
 
 
 def gen_file(tmp_path, seed, ids, texts=None):

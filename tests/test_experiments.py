@@ -150,9 +150,15 @@ def expected_jobs(config: dict) -> dict[str, int]:
             previous = (runs[run].get("spin") or {}).get("previous")
             todo += [previous] if previous else []
     spin = [r for r in needed if runs[r].get("spin")]
-    gens = {runs[r]["data"] for r in needed if r not in spin and runs[r]["data"] in generations}
+    steps, bridges = config.get("step_controlled", {}), config.get("bridges", {})
+    used = {runs[r]["data"] for r in needed if r not in spin}
+    used_steps, used_bridges = used & set(steps), used & set(bridges)
+    used |= {bridges[b]["source"] for b in used_bridges}
+    gens = used & set(generations)
     data = {(generations[g]["dataset"], generations[g]["split"]) for g in gens}
-    data |= {(runs[r]["data"], "train") for r in needed if runs[r]["data"] not in generations}
+    data |= {(steps[s]["dataset"], steps[s]["split"]) for s in used_steps}
+    data |= {(d, "train") for d in used - set(generations) - set(steps) - set(bridges)}
+    data |= {(runs[r]["data"], "train") for r in spin}
     refcaches = {(runs[r]["ref"] or runs[r]["model"], runs[r]["data"], runs[r]["max_length"], runs[r]["max_prompt_length"],
                   METHODS[runs[r]["method"]].token_ref, METHODS[runs[r]["method"]].kl_pairs)
                  for r in needed if METHODS[runs[r]["method"]].needs_ref and runs[r]["ref_logps"] == "cache"
@@ -162,6 +168,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
     jobs = {"data": len(data), "generate": sum(len(generations[g]["seeds"]) for g in gens), "merge": len(gens),
             "spin_generate": sum(len(runs[r]["seeds"]) for r in spin),
             "spin_merge": sum(len(runs[r]["seeds"]) for r in spin), "refcache": len(refcaches),
+            "step_controlled_generate": sum(len(steps[s]["seeds"]) for s in used_steps),
+            "step_controlled_pairs": len(used_steps), "bridge": len(used_bridges),
             "train": sum(len(runs[r]["seeds"]) for r in needed), "evaluate": len(subjects), "table": len(tables)}
     return {rule: n for rule, n in jobs.items() if n}
 

@@ -197,6 +197,36 @@ def test_kto_with_kl_reference_point(given_kl):
     np.testing.assert_allclose(np_(batch.logps.grad), seq_grad_to_tokens(batch, grad_seq), rtol=1e-10, atol=1e-15)
 
 
+def test_kto_unpaired_equals_paired_on_the_same_examples_and_float64():
+    """Unpaired KTO (one labelled completion per example) on the 2B completions of B pairs, chosen
+    labelled desirable and rejected undesirable, is paired KTO; and each example's loss and gradient
+    follow the formula for its own label."""
+    paired = random_batch(seed=9, k=2)
+    hp = {"beta": 0.2, "desirable_weight": 1.0, "undesirable_weight": 1.5}
+    b = paired.logps.shape[0]
+    flat = lambda x: torch.cat([x[:, 0:1], x[:, 1:2]], dim=0)  # noqa: E731  [2B, 1, ...]
+    logps = flat(paired.logps.detach()).clone().requires_grad_()
+    unpaired = Batch(logps, flat(paired.mask), ref_logps=flat(paired.ref_logps),
+                     kl_logps=paired.kl_logps, kl_ref_logps=paired.kl_ref_logps,
+                     labels=torch.arange(2 * b) < b)
+    out_p, out_u = kto_loss(paired, hp), kto_loss(unpaired, hp)
+    out_p.loss.backward()
+    out_u.loss.backward()
+    assert out_u.loss.item() == pytest.approx(out_p.loss.item(), rel=1e-12)
+    np.testing.assert_allclose(np_(logps.grad[:b, 0]), np_(paired.logps.grad[:, 0]), rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(np_(logps.grad[b:, 0]), np_(paired.logps.grad[:, 1]), rtol=1e-10, atol=1e-15)
+    # an unbalanced labelling: 1 desirable, the rest undesirable, against float64 by hand
+    unpaired.labels = torch.arange(2 * b) == 3
+    z = torch.tensor(0.4, dtype=torch.float64)
+    out = kto_loss(unpaired, hp, z)
+    sums, _, ref = seq(unpaired)
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    expected = [hp["desirable_weight"] * (1 - sig(0.2 * (sums[i, 0] - ref[i, 0] - 0.4))) if i == 3 else
+                hp["undesirable_weight"] * (1 - sig(0.2 * (0.4 - sums[i, 0] + ref[i, 0]))) for i in range(2 * b)]
+    assert out.loss.item() == pytest.approx(np.mean(expected), rel=1e-12)
+    assert out.metrics["desirable_fraction"] == pytest.approx(1 / (2 * b))
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.8, 0.0])
 def test_dynft_token_weights(alpha):
     batch = random_batch(seed=9)

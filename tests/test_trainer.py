@@ -55,6 +55,31 @@ def test_cached_reference_gives_the_live_losses_step_by_step(tiny_world, tmp_pat
     assert json.loads((tmp_path / "cached/run.json").read_text())["reference"]["source"] == "cache"
 
 
+def test_unpaired_kto_trains_with_cached_or_live_reference(tiny_world, tmp_path):
+    """KTO on labelled single completions (column-major, 3 undesirable per desirable): cached and live
+    reference give the same losses; the log reports the desirable fraction; unlabelled data is refused."""
+    model, pairs = tiny_world
+    records = [json.loads(line) for line in Path(pairs).read_text().splitlines()]
+    rows = [{"id": f"{r['id']}-t", "prompt": r["prompt"], "chosen": r["chosen"], "label": True} for r in records]
+    rows += [{"id": f"{r['id']}-n{j}", "prompt": r["prompt"], "chosen": r["negatives"][j], "label": False}
+             for j in range(3) for r in records]
+    data = tmp_path / "unpaired.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hp = hp_for("kto", unpaired=True, epochs=1, batch_size=32, micro_batch_size=8, undesirable_weight=0.5)
+    cache = tmp_path / "ref.safetensors"
+    settings = {**refcache_settings(hp), "dtype": "float32", "batch_size": 16, "negatives": negatives_required("kto", hp)}
+    assert settings["negatives"] == 0
+    refcache.main(["--params", json.dumps(settings), "--model", model, "--data", str(data), "--output", str(cache)])
+    live = run_train(model, str(data), tmp_path / "live", hp, "--ref-model", model)
+    cached = run_train(model, str(data), tmp_path / "cached", hp, "--ref-model", model, "--refcache", str(cache))
+    assert len(live) == len(cached) == len(rows) // 32
+    for a, b in zip(live, cached):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-4)
+    assert 0 < sum(e["desirable_fraction"] for e in live) / len(live) < 0.5
+    with pytest.raises(InputError, match="line 1, field 'label': id 'toy-train-0' has no label"):
+        run_train(model, pairs, tmp_path / "unlabelled", hp, "--ref-model", model)
+
+
 def test_refcache_with_other_settings_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dpo")

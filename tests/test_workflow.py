@@ -47,6 +47,9 @@ def write_config(path, config):
     (lambda c: c["runs"]["dpo_bmc"].pop("delta"), "runs.dpo_bmc: 'delta' is a required property"),
     (lambda c: c["runs"]["simpo_sft"].pop("sft_weight"), "runs.simpo_sft: 'sft_weight' is a required property"),
     (lambda c: c["runs"]["kto"].update(data="toy"), "kto needs 1 negatives per example"),
+    (lambda c: c["runs"]["dpo"].update(data="toy_unpaired"), "'toy_unpaired' is unpaired (labelled single completions); only kto"),
+    (lambda c: c["bridges"]["toy_bridged"].update(editor="nope"), "bridges.toy_bridged.editor: unknown model (or synthetic_repair) 'nope'"),
+    (lambda c: c["step_controlled"]["toy_steps"].update(temperatur=1.0), "Unevaluated properties are not allowed ('temperatur'"),
     (lambda c: c["runs"]["spin"].update(data="toy_neg"), "spin generates its own negatives from a dataset"),
     (lambda c: c["runs"]["spin"].update(ref="mini"), "runs.spin.ref: a spin iteration's reference"),
     (lambda c: c["runs"].update(spin_iter1=dict(c["runs"]["sft"])), "the name is taken by iteration 1"),
@@ -125,7 +128,7 @@ def test_mini_run_produces_tables_evals_and_manifest(mini_run):
     ddp = json.loads((res / "train/dpo_ddp/seed42/run.json").read_text())
     assert (ddp["world_size"], ddp["distributed_type"], ddp["gradient_accumulation_steps"]) == (2, "MULTI_CPU", 1)
     kto = json.loads((res / "train/kto/seed42/run.json").read_text())
-    assert kto["digests"]["refcache"] and len(list((res / "refcache").glob("mini--toy_neg--128-64-kl-*.safetensors"))) == 1
+    assert kto["digests"]["refcache"] and len(list((res / "refcache").glob("mini--toy_unpaired--128-64-kl-*.safetensors"))) == 1
 
 
 def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):

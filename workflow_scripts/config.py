@@ -28,6 +28,9 @@ class MethodSpec:
     kl_pairs: bool = False       # needs KTO's mismatched (prompt, completion) pairs
 
     def n_negatives(self, hp: dict) -> int:
+        """Negatives per example in a step; unpaired (labelled) data has none."""
+        if hp.get("unpaired"):
+            return 0
         return hp["m"] if self.negatives == "m" else self.negatives
 
 
@@ -42,7 +45,8 @@ METHODS = {
                           edit_mask=True),
     "simpo": MethodSpec(("beta", "gamma_beta_ratio"), 1, needs_ref=False),
     "simpo_sft": MethodSpec(("beta", "gamma_beta_ratio", "sft_weight"), 1, needs_ref=False),
-    "kto": MethodSpec(("beta", "desirable_weight", "undesirable_weight"), 1, needs_ref=True, kl_pairs=True),
+    "kto": MethodSpec(("beta", "desirable_weight", "undesirable_weight", "unpaired"), 1, needs_ref=True,
+                      kl_pairs=True),
     "dft": MethodSpec(DFT_KEYS, "m", needs_ref=True, stateful=True),
     "dft2": MethodSpec(DFT_KEYS, "m", needs_ref=False, stateful=True),
 }
@@ -97,8 +101,13 @@ def validate_schema(config: dict, schema_path: str) -> None:
         raise ConfigError(f"config error at {where}: {e.message}")
 
 
-DATA_SECTIONS = ("datasets", "generations", "step_controlled", "bridges")  # what a run's `data` can name
+DATA_SECTIONS = ("datasets", "generations", "step_controlled", "bridges", "unpaired")  # what a run's `data` names
 PAIRS_SECTIONS = ("step_controlled", "bridges")  # each record holds at least one negative
+
+
+def is_unpaired(config: dict, data: str) -> bool:
+    """Labelled single completions (KTO's unpaired data): an `unpaired` entry or a dataset that maps `label`."""
+    return data in config["unpaired"] or bool(config["datasets"].get(data, {}).get("mapping", {}).get("label"))
 
 
 def check_references(config: dict) -> None:
@@ -126,6 +135,8 @@ def check_references(config: dict) -> None:
         for name, g in config[section].items():
             need(f"{section}.{name}.model", g["model"], models, "model")
             need(f"{section}.{name}.dataset", g["dataset"], datasets, "dataset")
+    for name, u in config["unpaired"].items():
+        need(f"unpaired.{name}.source", u["source"], generations, "generation")
     for name, b in config["bridges"].items():
         sources = {**generations, **{d: v for d, v in datasets.items() if v["mapping"].get("rejected")}}
         need(f"bridges.{name}.source", b["source"], sources, "generation or dataset that maps `rejected`")
@@ -145,6 +156,11 @@ def check_references(config: dict) -> None:
         if r["batch_size"] % (r["micro_batch_size"] * r["processes"]):
             raise ConfigError(f"config error at runs.{name}.batch_size: {r['batch_size']} is not a multiple of "
                               f"micro_batch_size {r['micro_batch_size']} x processes {r['processes']}")
+        if is_unpaired(config, r["data"]):
+            if r["method"] != "kto":
+                raise ConfigError(f"config error at runs.{name}.data: '{r['data']}' is unpaired (labelled single "
+                                  f"completions); only kto trains on it")
+            r["unpaired"] = True
         _check_negatives(name, r, config)
     for name, e in evals.items():
         if e.get("synthetic"):

@@ -1,16 +1,21 @@
 """Data stage: normalise a source dataset into `{"id", "prompt", "chosen", "rejected"?, "answer"?}`.
 
-Sources: a local JSONL file (the synthetic set, or a user's file) or a hub dataset pinned by
-revision. Ids are `<dataset>-<split>-<source index>`, so they never depend on row order after
-filtering. Every record is validated; a bad one names the file, line and field.
+Sources: a local JSONL / JSON / Parquet file (the synthetic set, or a user's file) or a hub
+dataset pinned by revision. A split may be a slice of a source split (`train[:11000]`), taken
+after an optional seeded shuffle (`shuffle_seed`), so held-out splits are reproducible. Ids are
+`<dataset>-<split>-<source index>` (the row's index in the source split, or a mapped id column),
+so they never depend on shuffling or filtering. Every record is validated; a bad one names the
+file, the line (JSONL) or row, and the field.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
+from pathlib import Path
 
-from .io import InputError, read_jsonl, require_unique_ids, run_cli, write_jsonl
+from .io import InputError, read_json, read_jsonl, require_unique_ids, run_cli, write_jsonl
 
 ROLES = {"system", "user", "assistant"}
 
@@ -32,6 +37,8 @@ def validate_record(record: dict, error) -> None:
     for field in ("chosen", "rejected"):
         if field in record and (not isinstance(record[field], str) or not record[field].strip()):
             raise error("must be a non-empty string", field)
+    if "label" in record and not isinstance(record["label"], bool):
+        raise error("must be true or false (is the completion desirable?)", "label")
     if "prefix" in record and not isinstance(record["prefix"], str):
         raise error("must be a string (the given start of the response)", "prefix")
     if "chosen" not in record:
@@ -64,10 +71,13 @@ def resolve_path(row: dict, path: str):
     return value
 
 
-def normalise(source_rows: list[dict], dataset: str, split: str, mapping: dict, source: str) -> list[dict]:
-    """Map source columns to the record schema; `mapping` names the source column of each field."""
+def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, mapping: dict, source: str) -> list[dict]:
+    """Map source columns to the record schema; `mapping` names the source column of each field.
+
+    `source_rows` are (index in the source split, row); errors name line index + 1.
+    """
     out = []
-    for index, row in enumerate(source_rows):
+    for index, row in source_rows:
         line = index + 1
 
         def column(field):
@@ -86,6 +96,8 @@ def normalise(source_rows: list[dict], dataset: str, split: str, mapping: dict, 
         record = {"id": f"{dataset}-{split}-{source_index}", "prompt": prompt, "chosen": column("chosen")}
         if mapping.get("rejected"):
             record["rejected"] = column("rejected")
+        if mapping.get("label"):
+            record["label"] = column("label")
         if mapping.get("answer_after") and isinstance(record["chosen"], str):
             marker = mapping["answer_after"]
             if marker not in record["chosen"]:
@@ -96,20 +108,60 @@ def normalise(source_rows: list[dict], dataset: str, split: str, mapping: dict, 
     return out
 
 
-def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[dict], str]:
-    """Rows of the source split and a name for error messages."""
+SPLIT = re.compile(r"^([A-Za-z0-9_.-]+)(?:\[(-?\d*):(-?\d*)\])?$")
+
+
+def parse_split(spec: str) -> tuple[str, slice]:
+    """`train` or `train[a:b]` -> (source split name, slice of its rows)."""
+    m = SPLIT.match(spec)
+    if m is None:
+        raise ValueError(f"bad split '{spec}': use a split name, optionally sliced as name[start:stop]")
+    start, stop = (int(x) if x else None for x in m.groups()[1:])
+    return m.group(1), slice(start, stop)
+
+
+def read_local(path: str) -> list[dict]:
+    """Rows of a local JSONL, JSON (a list of objects) or Parquet file."""
+    suffix = Path(path).suffix
+    if suffix == ".jsonl":
+        return read_jsonl(path)
+    if suffix == ".json":
+        rows = read_json(path)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise InputError(path, "a JSON source must be a list of objects")
+        return rows
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except FileNotFoundError:
+            raise InputError(path, "file not found") from None
+    raise InputError(path, "a local source must be .jsonl, .json or .parquet")
+
+
+def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[tuple[int, dict]], str]:
+    """(index in the source split, row) of the split's rows, and a name for error messages."""
     if source_path is not None:
-        return read_jsonl(source_path), source_path
-    from datasets import load_dataset  # the hub path: pinned revision, cached by `datasets`
+        rows, name, part = read_local(source_path), source_path, slice(None)
+    else:
+        from datasets import load_dataset  # the hub path: pinned revision, cached by `datasets`
 
-    ds = load_dataset(spec["hf_id"], spec.get("subset"), revision=spec["revision"], split=spec["splits"][split])
-    return list(ds), f"{spec['hf_id']}@{spec['revision']}:{spec['splits'][split]}"
+        source_split, part = parse_split(spec["splits"][split])
+        ds = load_dataset(spec["hf_id"], spec.get("subset"), revision=spec["revision"], split=source_split)
+        rows, name = list(ds), f"{spec['hf_id']}@{spec['revision']}:{source_split}"
+    indexed = list(enumerate(rows))
+    if spec.get("shuffle_seed") is not None:
+        random.Random(spec["shuffle_seed"]).shuffle(indexed)
+    return indexed[part], name
 
 
-def read_pairs(path: str, need: int = 0, reader: str = "") -> list[dict]:
-    """Training records with `negatives`: a merged generation file, or data whose `rejected` is the one negative.
+def read_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = False) -> list[dict]:
+    """Training records with `negatives`: a merged generation file, data whose `rejected` is the one negative,
+    or unpaired data (`label`, no negatives).
 
-    With `need`, every record must hold that many negatives; `reader` (who reads them) goes into the error.
+    With `need`, every record must hold that many negatives; with `labelled`, a `label`; `reader` (who
+    reads them) goes into the error.
     """
     def validate(record, error):
         validate_record(record, error)
@@ -123,6 +175,9 @@ def read_pairs(path: str, need: int = 0, reader: str = "") -> list[dict]:
     for lineno, r in enumerate(records, start=1):
         if "negatives" not in r:
             r["negatives"] = [r["rejected"]] if "rejected" in r else []
+        if labelled and "label" not in r:
+            raise InputError(path, f"id {r['id']!r} has no label; {reader} reads unpaired (labelled) data", lineno,
+                             "label")
         if len(r["negatives"]) < need:
             raise InputError(path, f"id {r['id']!r} holds {len(r['negatives'])} negatives; {reader} needs {need}",
                              lineno, "negatives")
@@ -139,8 +194,7 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     spec = json.loads(args.params)
     rows, source = load_source(spec, args.split, args.source)
-    limit = spec.get("limit")
-    records = normalise(rows[:limit] if limit else rows, args.dataset, args.split, spec["mapping"], source)
+    records = normalise(rows[: spec.get("limit")], args.dataset, args.split, spec["mapping"], source)
     require_unique_ids(source, records)
     n = write_jsonl(args.output, records)
     print(f"{args.dataset}/{args.split}: {n} records from {source}")

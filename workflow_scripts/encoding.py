@@ -82,12 +82,14 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.
 
 @dataclass
 class Example:
-    """One training example tokenised: the chosen response, the selected negatives and, for KTO,
-    the mismatched rows (this prompt with the previous example's responses)."""
+    """One training example tokenised: the chosen response (for KTO's unpaired data, the labelled
+    completion), the selected negatives and, for KTO, the mismatched rows (this prompt with the
+    previous example's responses)."""
     id: str
     chosen: Encoded
     negatives: list[Encoded]
     kl: list[Encoded] = field(default_factory=list)
+    label: bool | None = None
 
     @property
     def rows(self) -> list[Encoded]:
@@ -112,7 +114,7 @@ def encode_examples(tokenizer, records: list[dict], columns: list[int], settings
                               settings["max_prompt_length"], records[i]["id"])
 
     for i, r in enumerate(records):
-        ex = Example(r["id"], join(i, r["chosen"]), [join(i, r["negatives"][c]) for c in columns])
+        ex = Example(r["id"], join(i, r["chosen"]), [join(i, r["negatives"][c]) for c in columns], label=r.get("label"))
         if kl_pairs:
             prev = records[i - 1]
             ex.kl = [join(i, prev["chosen"])] + [join(i, prev["negatives"][c]) for c in columns]

@@ -50,15 +50,20 @@ def fingerprint(stage: str, p: dict, seed: int, data: str, model: str, revision:
             "model": model_identity(model, revision)}
 
 
-def main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", required=True, help="JSON: the generation's config entry")
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command line of a stage that generates one seed's file from data with a model."""
+    parser.add_argument("--params", required=True, help="JSON: the stage's config entry")
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--revision", default=None)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
+
+
+def main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_generation_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)

@@ -25,6 +25,7 @@ class Batch:
     edit_mask: torch.Tensor | None = None     # [B, K, T] DPO-BMC token-difference mask
     kl_logps: torch.Tensor | None = None      # [B, K] KTO: policy l(y) on mismatched (prompt, completion) pairs
     kl_ref_logps: torch.Tensor | None = None  # [B, K] the same under the reference
+    labels: torch.Tensor | None = None        # [B] bool, KTO's unpaired data: is column 0 desirable?
 
     @property
     def sums(self) -> torch.Tensor:
@@ -146,25 +147,30 @@ def kto_kl(b: Batch) -> torch.Tensor:
 
 
 def kto_loss(b: Batch, hp: dict, state=None) -> LossOutput:
-    """KTO on unpaired examples: column 0 desirable, column 1 undesirable, with z = max(0, KL).
+    """KTO with z = max(0, KL): desirable examples lose w_d (1 - sigmoid(beta (r - z))), undesirable
+    ones w_u (1 - sigmoid(beta (z - r))), r = l(y) - l_ref(y); the loss is the mean over all examples.
 
-    `state` is the KL estimate already averaged over processes (the trainer gathers it); when
-    absent the micro-batch's own estimate is used. Loss = mean over all 2B examples of
-    w_d (1 - sigmoid(beta (r_w - z))) and w_u (1 - sigmoid(beta (z - r_l))).
+    Paired data: column 0 is desirable and column 1 undesirable (2B examples). Unpaired data: one
+    completion per example, `b.labels` says which are desirable. `state` is the KL estimate already
+    averaged over processes (the trainer gathers it); when absent the micro-batch's own is used.
     """
     kl = (kto_kl(b) if state is None else state).clamp(min=0)
-    s, r = b.sums, b.ref_sums
-    chosen_ratio, rejected_ratio = s[:, 0] - r[:, 0], s[:, 1] - r[:, 1]
+    logps, ratios = b.sums, b.sums - b.ref_sums
+    if b.labels is None:  # [chosen of every pair; rejected of every pair]
+        logps, ratios = logps[:, :2].T.reshape(-1), ratios[:, :2].T.reshape(-1)
+        desirable = torch.arange(len(ratios)) < len(ratios) // 2
+    else:
+        logps, ratios, desirable = logps[:, 0], ratios[:, 0], b.labels
+    desirable = desirable.to(ratios.device)
     beta = hp["beta"]
-    chosen_losses = 1 - torch.sigmoid(beta * (chosen_ratio - kl))
-    rejected_losses = 1 - torch.sigmoid(beta * (kl - rejected_ratio))
-    losses = torch.cat([hp["desirable_weight"] * chosen_losses, hp["undesirable_weight"] * rejected_losses])
-    return LossOutput(losses.mean(), {
-        "kl": kl.item(),
-        "rewards/chosen": beta * chosen_ratio.mean().item(),
-        "rewards/rejected": beta * rejected_ratio.mean().item(),
-        "logps/chosen": s[:, 0].mean().item(), "logps/rejected": s[:, 1].mean().item(),
-    })
+    losses = torch.where(desirable, hp["desirable_weight"] * (1 - torch.sigmoid(beta * (ratios - kl))),
+                         hp["undesirable_weight"] * (1 - torch.sigmoid(beta * (kl - ratios))))
+    metrics = {"kl": kl.item(), "desirable_fraction": desirable.float().mean().item()}
+    for name, where in (("chosen", desirable), ("rejected", ~desirable)):
+        if where.any():
+            metrics[f"rewards/{name}"] = beta * ratios[where].mean().item()
+            metrics[f"logps/{name}"] = logps[where].mean().item()
+    return LossOutput(losses.mean(), metrics)
 
 
 def dft_update(scores: torch.Tensor, u_old: torch.Tensor, gamma: float) -> torch.Tensor:

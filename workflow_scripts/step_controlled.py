@@ -22,7 +22,7 @@ import torch
 from .answers import check
 from .backends import Request, Sampling, request_seed
 from .data import validate_record
-from .generate import LazyBackend, fingerprint, prompt_ids
+from .generate import LazyBackend, add_generation_arguments, fingerprint, prompt_ids
 from .io import InputError, read_jsonl, run_cli, seed_files, write_jsonl
 from .models import load_tokenizer
 from .shards import run_in_shards
@@ -162,14 +162,7 @@ def pairs_main(args) -> None:
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="one seed's continuations")
-    gen.add_argument("--params", required=True)
-    gen.add_argument("--data", required=True)
-    gen.add_argument("--model", required=True)
-    gen.add_argument("--revision", default=None)
-    gen.add_argument("--seed", type=int, required=True)
-    gen.add_argument("--output", required=True)
-    gen.add_argument("--threads", type=int, default=1)
+    add_generation_arguments(sub.add_parser("generate", help="one seed's continuations"))
     join = sub.add_parser("pairs", help="join the seeds' continuations into pairs")
     join.add_argument("--params", required=True)
     join.add_argument("--data", required=True)

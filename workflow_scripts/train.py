@@ -137,7 +137,7 @@ def train(args, hp: dict) -> None:
     method = METHODS[hp["method"]]
     records = read_pairs(args.data, negatives_required(hp["method"], hp),
                          f"run '{args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "
-                         f"sample={hp.get('sample', False)})")
+                         f"sample={hp.get('sample', False)})", labelled=bool(hp.get("unpaired")))
     accum, steps_per_epoch = plan_batches(len(records), hp, world)
     if steps_per_epoch == 0:
         raise InputError(args.data, f"{len(records)} examples are fewer than one batch of {hp['batch_size']}")
@@ -254,6 +254,8 @@ def _agree(accelerator, flag: bool) -> bool:
 def _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, slot, pad_id, stopwords):
     fwd = forward_logps(model, chunk, pad_id)
     batch = Batch(fwd.logps, fwd.mask)
+    if chunk[0].label is not None:
+        batch.labels = torch.tensor([e.label for e in chunk])
     if reference is not None:
         reference.fill(batch, chunk, columns, pad_id)
     if method.edit_mask:
