@@ -59,7 +59,7 @@ def revision_arg(revision):
 
 def data_file(name):
     """Training data named in the config: a dataset's train split, a generation's merged negatives,
-    step-controlled pairs or bridged pairs."""
+    step-controlled pairs, bridged pairs or unpaired (labelled) data."""
     if name in config["generations"]:
         return f"{R}/merge/{name}.jsonl"
     if name in config["step_controlled"]:

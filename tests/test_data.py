@@ -36,6 +36,16 @@ def test_normalise_makes_stable_ids_and_answers():
     assert recs[0]["answer"] == rows[0]["answer"].rsplit("#### ", 1)[1]
 
 
+def test_answer_column_or_marker():
+    rows = [(0, {"problem": "1/2 + 1/2?", "solution": "It is $\\boxed{1}$.", "answer": "1"})]
+    mapping = {"prompt": "problem", "chosen": "solution", "answer": "answer"}
+    assert data.normalise(rows, "math", "train", mapping, "m.jsonl")[0]["answer"] == "1"
+    rows = [(0, {"problem": "2 + 3?", "solution": "2 + 3 = 5\n#### 5", "answer": 5})]
+    assert data.normalise(rows, "gsm", "train", mapping, "m.jsonl")[0]["answer"] == "5"
+    marker = {"prompt": "problem", "chosen": "solution", "answer_after": "####"}
+    assert data.normalise(rows, "gsm", "train", marker, "m.jsonl")[0]["answer"] == "5"
+
+
 def test_mapping_paths_pick_messages_out_of_chat_columns():
     """UltraFeedback-style rows: chosen / rejected are [user, assistant] message lists."""
     rows = [{"prompt_id": "p7", "prompt": "Name a prime.",

@@ -98,7 +98,10 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
             record["rejected"] = column("rejected")
         if mapping.get("label"):
             record["label"] = column("label")
-        if mapping.get("answer_after") and isinstance(record["chosen"], str):
+        if mapping.get("answer"):
+            answer = column("answer")
+            record["answer"] = answer if isinstance(answer, str) else json.dumps(answer)
+        elif mapping.get("answer_after") and isinstance(record["chosen"], str):
             marker = mapping["answer_after"]
             if marker not in record["chosen"]:
                 raise InputError(source, f"no '{marker}' answer marker", line, mapping["chosen"])
