@@ -83,6 +83,24 @@ def test_lint_is_clean():
     assert "Lints for" not in result.stdout + result.stderr, result.stdout + result.stderr
 
 
+def test_vllm_stages_run_in_the_vllm_environment(tmp_path):
+    """backend: vllm -> the generating rules call the interpreter named by VLLM_PYTHON (the conda env
+    on the cluster); the hf backend and the CPU stages keep the workflow's own python."""
+    config = yaml.safe_load(MINI.read_text())
+    config["generations"]["toy_neg"]["backend"] = "vllm"
+    config["step_controlled"]["toy_steps"]["backend"] = "vllm"
+    path = write_config(tmp_path / "vllm.yaml", config)
+    cmd = ["timeout", "-k", "10", "300", sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d",
+           str(tmp_path), "-n", "-p", "--configfile", path]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "VLLM_PYTHON": "/opt/vllm-env/bin/python"})
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    assert text.count("/opt/vllm-env/bin/python -m workflow_scripts.generate") == 2  # the two seeds of toy_neg
+    assert text.count("/opt/vllm-env/bin/python -m workflow_scripts.step_controlled generate") == 2
+    assert re.search(r"^Shell command: python -m workflow_scripts.generate .*spin", text, re.M)  # SPIN: hf
+    assert re.search(r"^Shell command: python -m workflow_scripts.step_controlled pairs", text, re.M)
+
+
 def test_configfile_replaces_the_default_instead_of_merging(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(MINI))
     text = result.stdout + result.stderr
