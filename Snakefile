@@ -10,6 +10,11 @@ if not workflow.overwrite_configfiles:  # a --configfile replaces the default, n
 
 
 include: "rules/common.smk"
+
+
+envvars:
+    *[name for name in SECRET_ENV if name in os.environ],
+
 include: "rules/world.smk"
 include: "rules/data.smk"
 include: "rules/generate.smk"

@@ -18,6 +18,9 @@ except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 R = "results"
+# Credentials (hub downloads of gated models, API judges, wandb) come only from the environment: the
+# ones that are set are declared with `envvars` (passed to cluster jobs), never put in params or files.
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY")
 
 
 wildcard_constraints:
@@ -51,6 +54,11 @@ def model_location(name):
     if "hf_id" in m:
         return m["hf_id"], m["revision"], []
     return m["path"], None, [m["path"]]
+
+
+def trust_arg(*names):
+    """`--trust-remote-code` when the config entry of one of these models turns it on; never by default."""
+    return "--trust-remote-code" if any(config["models"][n]["trust_remote_code"] for n in names if n) else ""
 
 
 def revision_arg(revision):
@@ -147,6 +155,12 @@ def subjects(row):
     if row in config["runs"]:
         return [f"{row}/seed{s}" for s in config["runs"][row]["seeds"]]
     return [f"{row}/base"]
+
+
+def subject_model_name(subject):
+    """The configured model behind an evaluated instance (a run's base model, or the model itself)."""
+    name, instance = subject.split("/")
+    return name if instance == "base" else config["runs"][name]["model"]
 
 
 def subject_model(subject):

@@ -32,6 +32,7 @@ rule evaluate:
         spec=lambda w: js({k: v for k, v in config["evals"][w.eval].items() if k not in ("synthetic", "threads")}),
         model=lambda w: subject_model(w.subject)[0],
         revision=lambda w: revision_arg(subject_model(w.subject)[1]),
+        trust=lambda w: trust_arg(subject_model_name(w.subject)),
         tasks=lambda w, input: f"--tasks-dir {input.tasks}" if "tasks" in input.keys() else "",
     threads: lambda w: config["evals"][w.eval]["threads"]
     log:
@@ -41,5 +42,5 @@ rule evaluate:
     conda:
         "../envs/eval.yaml"
     shell:
-        "python -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.tasks} "
+        "python -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.trust} {params.tasks} "
         "--output {output.scores} --threads {threads} > {log} 2>&1"

@@ -68,6 +68,10 @@ def test_mapping_paths_pick_messages_out_of_chat_columns():
     ({"index": 0, "question": "q?"}, "answer", "column 'answer' is missing (mapping.chosen = 'answer')"),
     ({"index": 0, "question": "q?", "answer": "no marker"}, "answer", "no '####' answer marker"),
     ({"index": 0, "question": [{"role": "bot", "content": "x"}], "answer": "#### 1"}, "prompt[0].role", "role"),
+    ({"index": 0, "question": [{"role": "user", "content": 5}], "answer": "#### 1"}, "prompt[0].content",
+     "non-empty string content"),
+    ({"index": 0, "question": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "answer": "#### 1"}, "prompt[1].role", "the last prompt message must come from the user"),
 ])
 def test_bad_records_name_file_line_and_field(row, field, message):
     good = {"index": 1, "question": "ok?", "answer": "1 + 1 = 2\n#### 2"}

@@ -91,6 +91,38 @@ def test_refcache_with_other_settings_is_refused(tiny_world, tmp_path):
     assert not (tmp_path / "out/model").exists()
 
 
+@pytest.mark.parametrize("change, digest", [
+    ("data", "data"), ("chat_template", "tokenizer"), ("weights", "reference_weights")])
+def test_refcache_of_other_inputs_is_refused_naming_the_digest(tiny_world, tmp_path, change, digest):
+    """A cache made from other data, another chat template or other reference weights is refused."""
+    import shutil
+
+    model, data = tiny_world
+    hp = hp_for("dpo")
+    cache = tmp_path / "ref.safetensors"
+    settings = {**refcache_settings(hp), "batch_size": 8, "negatives": 1}
+    refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
+    model_copy, data_copy = tmp_path / "model", tmp_path / "data.jsonl"
+    shutil.copytree(model, model_copy)
+    shutil.copy(data, data_copy)
+    if change == "data":
+        data_copy.write_text(data_copy.read_text() + "\n")  # same records, other bytes
+    elif change == "chat_template":
+        template = model_copy / "chat_template.jinja"
+        template.write_text(template.read_text() + " ")
+    else:
+        weights = model_copy / "model.safetensors"
+        tensors = load_file(str(weights))
+        name = next(iter(tensors))
+        tensors[name] = tensors[name] + 1e-3
+        from safetensors.torch import save_file
+        save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(InputError, match=f"the {digest} digest differs"):
+        run_train(str(model_copy), str(data_copy), tmp_path / "out", hp, "--ref-model", str(model_copy),
+                  "--refcache", str(cache))
+    assert not (tmp_path / "out/model").exists()
+
+
 def test_refcache_with_too_few_negatives_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dft")  # sample: true, m 2, 2 epochs -> negatives 0..3

@@ -16,10 +16,10 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZ
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def snakemake(workdir, *args, timeout=900):
+def snakemake(workdir, *args, timeout=900, env=None):
     cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
            "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    return subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **(env or {})})
 
 
 def planned_jobs(result) -> dict[str, int]:
@@ -55,6 +55,9 @@ def write_config(path, config):
     (lambda c: c["runs"].update(spin_iter1=dict(c["runs"]["sft"])), "the name is taken by iteration 1"),
     (lambda c: c["runs"]["dpo"].update(lora={"r": 4}), "runs.dpo.lora: 'alpha' is a required property"),
     (lambda c: c["runs"]["dpo_ddp"].update(batch_size=12), "runs.dpo_ddp.batch_size: 12 is not a multiple of"),
+    (lambda c: c["runs"].update({"../../etc/x": c["runs"]["sft"]}), "runs.../../etc/x: names may only use letters"),
+    (lambda c: c["generations"].update({"a/b": c["generations"]["toy_neg"]}), "generations.a/b: names may only use"),
+    (lambda c: c["models"]["mini"].update(trust_remote_code="yes"), "models.mini.trust_remote_code: 'yes' is not of type"),
 ])
 def test_config_error_fails_before_any_job(tmp_path, edit, message):
     config = yaml.safe_load(MINI.read_text())
@@ -108,13 +111,30 @@ def test_configfile_replaces_the_default_instead_of_merging(tmp_path):
     assert "results/models/mini" in text and "arith" not in text and "results/models/tiny" not in text
 
 
+FAKE_TOKENS = {"HF_TOKEN": "hf_FAKEtoken0123456789abcdef", "OPENAI_API_KEY": "sk-FAKEkey0123456789abcdef",
+               "WANDB_API_KEY": "FAKEwandb0123456789abcdef"}
+
+
 @pytest.fixture(scope="module")
 def mini_run(tmp_path_factory):
+    """The mini config run end to end, with (fake) credentials in the environment."""
     workdir = tmp_path_factory.mktemp("mini")
     config = write_config(workdir / "config.yaml", yaml.safe_load(MINI.read_text()))
-    result = snakemake(workdir, "--cores", "2", "--configfile", config)
+    result = snakemake(workdir, "--cores", "2", "--configfile", config, env=FAKE_TOKENS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert not any(token in result.stdout + result.stderr for token in FAKE_TOKENS.values())
     return workdir, config
+
+
+def test_credentials_are_never_written(mini_run):
+    """Tokens set in the environment reach no log, artifact, manifest or snakemake record."""
+    workdir, _ = mini_run
+    files = [p for p in workdir.rglob("*") if p.is_file()]
+    assert len(files) > 100
+    for path in files:
+        data = path.read_bytes()
+        for name, token in FAKE_TOKENS.items():
+            assert token.encode() not in data, f"{name} found in {path}"
 
 
 def test_mini_run_produces_tables_evals_and_manifest(mini_run):

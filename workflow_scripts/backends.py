@@ -64,7 +64,7 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, revision: str | None, dtype: str, batch_size: int, trust_remote_code: bool = False):
-        self.tokenizer = load_tokenizer(model, revision)
+        self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
         self.model = load_model(model, revision, dtype, trust_remote_code)
         self.model.eval()
         self.model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -156,7 +156,7 @@ class VLLMBackend:
                  gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False):
         from vllm import LLM
 
-        self.tokenizer = load_tokenizer(model, revision)
+        self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
         on_gpu = torch.cuda.is_available()
         self.llm = LLM(model=model, revision=revision, tokenizer=model, tokenizer_revision=revision, dtype=dtype,
                        seed=0, max_model_len=max_model_len, trust_remote_code=trust_remote_code,

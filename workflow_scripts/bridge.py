@@ -81,10 +81,10 @@ def editor_messages(template: str, record: dict) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def model_editor(model: str, revision: str | None, p: dict):
+def model_editor(model: str, revision: str | None, p: dict, trust_remote_code: bool = False):
     """A function that asks the editor model for each record's pseudo-winning response."""
-    tokenizer = load_tokenizer(model, revision)
-    backend = LazyBackend(p["backend"], model, revision, p)
+    tokenizer = load_tokenizer(model, revision, trust_remote_code)
+    backend = LazyBackend(p["backend"], model, revision, p, trust_remote_code)
     settings = Sampling(p["temperature"], p["top_p"], p["top_k"], p["max_new_tokens"], tuple(p["stop"]))
 
     def edit(chunk: list[dict]) -> list[str]:
@@ -122,6 +122,7 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--stats", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trust-remote-code", action="store_true", help="the editor's config entry allows its own code")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None) -> None:
             return [synthetic_repair(r["negatives"][0], r["chosen"]) for r in chunk]
         identity = {"stage": "bridge", "params": p, "source": sha256_file(args.source)}
     else:
-        edit = model_editor(args.editor, args.revision, p)
+        edit = model_editor(args.editor, args.revision, p, args.trust_remote_code)
         identity = fingerprint("bridge", p, p["seed"], args.source, args.editor, args.revision)
     pairs, resumed = run_in_shards(args.output, records, lambda chunk: bridge(chunk, edit(chunk)), identity,
                                    p["shard_size"], f"bridge ({p['editor']})")

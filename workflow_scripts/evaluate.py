@@ -1,15 +1,18 @@
 """Evaluation stage: lm-eval-harness on a model, scores and protocol in one JSON.
 
 Output: `{"scores": {task: {metric: value, "stderr": se}}, "protocol": {...}, "raw": {...}}`
-with the per-sample records beside it (`<suite>.samples.jsonl`).
+with the per-sample records beside it (`<suite>.samples.jsonl`). Each task is evaluated on its
+own and kept as a shard until the whole suite is done, so a killed evaluation resumes from its
+finished tasks (the model is loaded once, and only if a task is left).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 
-from .io import atomic_path, run_cli, write_json
+from .io import atomic_path, run_cli, sha256_tree, write_json
+from .models import model_identity
+from .shards import run_in_shards
 from .versions import package_versions
 
 TIME_KEYS = {"date", "start_time", "end_time", "total_evaluation_time_seconds", "pretty_env_info",
@@ -25,40 +28,48 @@ def _scrub(obj):
     return obj
 
 
-def run_lm_eval(model: str, revision: str | None, p: dict, include_path: str | None):
-    import lm_eval
-    from lm_eval.tasks import TaskManager
+class Harness:
+    """lm-eval's HF model, built on first use, and one `simple_evaluate` per task."""
 
-    manager = TaskManager(include_path=include_path)
-    model_args = {"pretrained": model, "dtype": p["dtype"], **({"revision": revision} if revision else {})}
-    scores, raw, samples, shots = {}, {}, [], {}
-    by_shots = itertools.groupby(sorted(p["tasks"], key=lambda t: t["shots"]), key=lambda t: t["shots"])
-    for n_shots, tasks in by_shots:
-        tasks = list(tasks)
+    def __init__(self, model: str, revision: str | None, p: dict, include_path: str | None, trust_remote_code: bool):
+        self.args = {"pretrained": model, "dtype": p["dtype"], "trust_remote_code": trust_remote_code,
+                     "batch_size": p["batch_size"], "device": p.get("device", "cpu"),
+                     **({"revision": revision} if revision else {})}
+        self.p, self.include_path, self.lm, self.manager = p, include_path, None, None
+
+    def evaluate(self, task: dict) -> dict:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+
+        if self.lm is None:
+            self.lm, self.manager = HFLM(**self.args), TaskManager(include_path=self.include_path)
+        p, seed = self.p, self.p["seed"]
         res = lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=[t["task"] for t in tasks], num_fewshot=n_shots,
-            batch_size=p["batch_size"], apply_chat_template=p["apply_chat_template"], task_manager=manager,
-            limit=p.get("limit"), log_samples=True, random_seed=p["seed"], numpy_random_seed=p["seed"],
-            torch_random_seed=p["seed"], fewshot_random_seed=p["seed"], device=p.get("device", "cpu"))
+            model=self.lm, tasks=[task["task"]], num_fewshot=task["shots"], apply_chat_template=p["apply_chat_template"],
+            task_manager=self.manager, limit=p.get("limit"), log_samples=True, random_seed=seed,
+            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
         res = json.loads(json.dumps(res, default=str))
-        for t in tasks:
-            got = res["results"][t["task"]]
-            key = f"{t['metric']},{t.get('filter', 'none')}"
-            if key not in got:
-                raise KeyError(f"task {t['task']}: metric {key!r} not in the harness output {sorted(got)}")
-            stderr = got.get(f"{t['metric']}_stderr,{t.get('filter', 'none')}")
-            scores[t["task"]] = {t["metric"]: got[key], "stderr": stderr if isinstance(stderr, float) else None}
-            shots[t["task"]] = n_shots
-        for task, rows in res.pop("samples").items():
-            samples += [{"task": task, **row} for row in rows]
-        raw[f"shots={n_shots}"] = _scrub(res)
+        got = res["results"][task["task"]]
+        key = f"{task['metric']},{task.get('filter', 'none')}"
+        if key not in got:
+            raise KeyError(f"task {task['task']}: metric {key!r} not in the harness output {sorted(got)}")
+        stderr = got.get(f"{task['metric']}_stderr,{task.get('filter', 'none')}")
+        samples = [{"task": name, **row} for name, rows in res.pop("samples").items() for row in rows]
+        return {"task": task["task"], "shots": task["shots"], "raw": _scrub(res), "samples": samples,
+                "score": {task["metric"]: got[key], "stderr": stderr if isinstance(stderr, float) else None}}
+
+
+def suite_result(model: str, revision: str | None, p: dict, done: list[dict]) -> dict:
+    """The eval JSON from the per-task results, with the protocol of every number."""
     protocol = {
         "harness": "lm_eval", "versions": package_versions(), "model": model, "revision": revision,
-        "shots": shots, "apply_chat_template": p["apply_chat_template"], "batch_size": p["batch_size"],
-        "seed": p["seed"], "limit": p.get("limit"), "dtype": p["dtype"],
-        "task_versions": {k: v for r in raw.values() for k, v in r.get("versions", {}).items()},
+        "shots": {d["task"]: d["shots"] for d in done}, "apply_chat_template": p["apply_chat_template"],
+        "batch_size": p["batch_size"], "seed": p["seed"], "limit": p.get("limit"), "dtype": p["dtype"],
+        "task_versions": {k: v for d in done for k, v in d["raw"].get("versions", {}).items()},
     }
-    return {"scores": scores, "protocol": protocol, "raw": raw}, samples
+    return {"scores": {d["task"]: d["score"] for d in done}, "protocol": protocol,
+            "raw": {d["task"]: d["raw"] for d in done}}
 
 
 def main(argv: list[str] | None) -> None:
@@ -69,16 +80,26 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--tasks-dir", default=None, help="folder of task YAMLs written by the workflow")
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    result, samples = run_lm_eval(args.model, args.revision, json.loads(args.params), args.tasks_dir)
-    with atomic_path(args.output.removesuffix(".json") + ".samples.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(s, sort_keys=True, default=str) + "\n" for s in samples))
-    write_json(args.output, result)
-    for task, score in result["scores"].items():
-        print(f"{task}: {score}")
+    p = json.loads(args.params)
+    harness = Harness(args.model, args.revision, p, args.tasks_dir, args.trust_remote_code)
+    fingerprint = {"stage": "evaluate", "params": p, "model": model_identity(args.model, args.revision),
+                   "tasks_dir": sha256_tree(args.tasks_dir) if args.tasks_dir else None}
+
+    def finish(done: list[dict]) -> None:
+        with atomic_path(args.output.removesuffix(".json") + ".samples.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(s, sort_keys=True, default=str) + "\n" for d in done for s in d["samples"]))
+        write_json(args.output, suite_result(args.model, args.revision, p, done))
+
+    done, resumed = run_in_shards(args.output, p["tasks"], lambda tasks: [harness.evaluate(t) for t in tasks],
+                                  fingerprint, 1, "evaluate", finish)
+    for d in done:
+        print(f"{d['task']}: {d['score']}")
+    print(f"{resumed} tasks resumed")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ def prompt_ids(tokenizer, record: dict, p: dict) -> list[int]:
 class LazyBackend:
     """Loads the model on first use, so a job whose shards are all done never loads it."""
 
-    def __init__(self, name: str, model: str, revision: str | None, p: dict):
-        self.args, self.backend = (name, model, revision, p), None
+    def __init__(self, name: str, model: str, revision: str | None, p: dict, trust_remote_code: bool = False):
+        self.args, self.backend = (name, model, revision, p, trust_remote_code), None
 
     def generate(self, requests: list[Request]):
         if self.backend is None:
@@ -59,6 +59,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
 
 
 def main(argv: list[str] | None) -> None:
@@ -68,8 +69,8 @@ def main(argv: list[str] | None) -> None:
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
     records = read_jsonl(args.data, validate_record)[: p.get("limit")]
-    tokenizer = load_tokenizer(args.model, args.revision)
-    backend = LazyBackend(p["backend"], args.model, args.revision, p)
+    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
+    backend = LazyBackend(p["backend"], args.model, args.revision, p, args.trust_remote_code)
     settings = sampling(p)
 
     def work(chunk: list[dict]) -> list[dict]:

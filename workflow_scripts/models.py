@@ -1,4 +1,8 @@
-"""Loading models and tokenizers (local folder or hub id at a pinned revision) and their digests."""
+"""Loading models and tokenizers (local folder or hub id at a pinned revision) and their digests.
+
+A model's own code (`trust_remote_code`) runs only when its config entry turns it on; the stages get
+`--trust-remote-code` from the rules then, and never otherwise.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -43,10 +47,10 @@ def model_identity(model: str, revision: str | None = None) -> dict:
     return {"weights": weights_digest(model, revision), "tokenizer": tokenizer_digest(model, revision)}
 
 
-def load_tokenizer(model: str, revision: str | None = None):
+def load_tokenizer(model: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model, revision=revision)
+    tok = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

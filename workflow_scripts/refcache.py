@@ -30,11 +30,12 @@ def expected_digests(model: str, revision: str | None, data: str, settings: dict
     }
 
 
-def build(model_path: str, revision: str | None, data: str, settings: dict, batch_size: int) -> tuple[dict, list[str], int]:
+def build(model_path: str, revision: str | None, data: str, settings: dict, batch_size: int,
+          trust_remote_code: bool = False) -> tuple[dict, list[str], int]:
     """Summed reference log-probs [N, 1 + k] of (chosen, every negative); with `token_level` also the
     per-token values of every response (flat, row-major), with `kl_pairs` KTO's mismatched rows."""
-    tokenizer = load_tokenizer(model_path, revision)
-    model = load_model(model_path, revision, settings.get("dtype", "float32"))
+    tokenizer = load_tokenizer(model_path, revision, trust_remote_code)
+    model = load_model(model_path, revision, settings.get("dtype", "float32"), trust_remote_code)
     model.eval()
     k = settings["negatives"]
     records = read_pairs(data, k, "the runs reading this reference cache")
@@ -119,10 +120,12 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--output", required=True, help="<name>.safetensors; <name>.json is written beside it")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = json.loads(args.params)
-    tensors, ids, n_truncated = build(args.model, args.revision, args.data, settings, settings["batch_size"])
+    tensors, ids, n_truncated = build(args.model, args.revision, args.data, settings, settings["batch_size"],
+                                      args.trust_remote_code)
     meta_path = args.output.removesuffix(".safetensors") + ".json"
     write_json(meta_path, {
         "ids": ids, "n_examples": len(ids), "n_negatives": tensors["sums"].shape[1] - 1,

@@ -22,8 +22,10 @@ def shard_folder(output: str | Path) -> Path:
 
 
 def run_in_shards(output: str | Path, items: list, work: Callable[[list], list[dict]], fingerprint: dict,
-                  shard_size: int, desc: str) -> tuple[list[dict], int]:
-    """Apply `work` to consecutive shards of `items`; write all records to `output`.
+                  shard_size: int, desc: str, finish: Callable[[list[dict]], None] | None = None
+                  ) -> tuple[list[dict], int]:
+    """Apply `work` to consecutive shards of `items`; write all records to `output` as JSONL, or hand
+    them to `finish` (which writes the stage's outputs) before the shards are removed.
 
     Returns the records and the number of shards that were resumed from disk.
     """
@@ -46,6 +48,6 @@ def run_in_shards(output: str | Path, items: list, work: Callable[[list], list[d
                 write_jsonl(path, done)
             records.extend(done)
             bar.update(len(chunk))
-    write_jsonl(output, records)
+    (finish or (lambda done: write_jsonl(output, done)))(records)
     shutil.rmtree(folder)
     return records, resumed

@@ -87,8 +87,8 @@ def generate_main(args) -> None:
     p = json.loads(args.params)
     records = read_jsonl(args.data, validate_record)[: p.get("limit")]
     require_answer(args.data, records)
-    tokenizer = load_tokenizer(args.model, args.revision)
-    backend = LazyBackend(p["backend"], args.model, args.revision, p)
+    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
+    backend = LazyBackend(p["backend"], args.model, args.revision, p, args.trust_remote_code)
     results, resumed = run_in_shards(
         args.output, records, lambda chunk: continue_steps(backend, tokenizer, chunk, p, args.seed),
         fingerprint("step_controlled", p, args.seed, args.data, args.model, args.revision),

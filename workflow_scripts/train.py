@@ -52,7 +52,7 @@ def plan_batches(n_examples: int, hp: dict, world: int) -> tuple[int, int]:
 def load_policy(args, hp: dict):
     """The run's model: plain, or 4-bit NF4 for QLoRA (double quantisation, bf16 compute; GPU only)."""
     if not (hp.get("lora") or {}).get("load_in_4bit"):
-        return load_model(args.model, args.revision, hp["dtype"])
+        return load_model(args.model, args.revision, hp["dtype"], args.trust_remote_code)
     if not torch.cuda.is_available():
         raise ValueError(f"run '{args.run}': lora.load_in_4bit (QLoRA, bitsandbytes) needs a GPU; "
                          "set it to false on CPU")
@@ -61,7 +61,7 @@ def load_policy(args, hp: dict):
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(args.model, revision=args.revision, quantization_config=quantization,
-                                                 dtype=torch.bfloat16)
+                                                 dtype=torch.bfloat16, trust_remote_code=args.trust_remote_code)
     return prepare_model_for_kbit_training(model)
 
 
@@ -80,7 +80,7 @@ def merged_lora(model, args, hp: dict):
     from peft import PeftModel
     with tempfile.TemporaryDirectory() as adapter:
         model.save_pretrained(adapter)
-        base = load_model(args.model, args.revision, "bfloat16")
+        base = load_model(args.model, args.revision, "bfloat16", args.trust_remote_code)
         return PeftModel.from_pretrained(base, adapter).merge_and_unload()
 
 
@@ -95,7 +95,8 @@ class Reference:
         elif hp.get("lora") and args.ref_model == args.model and args.ref_revision == args.revision:
             self.policy = policy  # reference = the same base with the adapters disabled
         else:
-            self.model = load_model(args.ref_model, args.ref_revision, hp["dtype"]).to(device).eval()
+            self.model = load_model(args.ref_model, args.ref_revision, hp["dtype"],
+                                    args.trust_remote_code).to(device).eval()
 
     def fill(self, batch: Batch, chunk, columns, pad_id) -> None:
         if self.cache is not None:
@@ -148,7 +149,7 @@ def train(args, hp: dict) -> None:
     rank = accelerator.process_index
     set_seed(hp["seed"])
     total_steps = steps_per_epoch * hp["epochs"]
-    tokenizer = load_tokenizer(args.model, args.revision)
+    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
     model = load_policy(args, hp)
     if hp.get("lora"):
         if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -307,6 +308,8 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--ref-revision", default=None)
     parser.add_argument("--outdir", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="the config entries of the run's models allow their own code")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     train(args, json.loads(args.params))

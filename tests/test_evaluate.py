@@ -1,0 +1,58 @@
+"""The evaluation stage: per-task shards, so a killed evaluation resumes from its finished tasks."""
+import json
+
+import pytest
+
+from workflow_scripts import evaluate, lm_eval_tasks, synthetic
+from workflow_scripts.shards import shard_folder
+
+PARAMS = {"kind": "lm_eval", "tasks": [{"task": "toy_gen", "shots": 0, "metric": "exact_match", "filter": "strict-match"},
+                                       {"task": "toy_mc", "shots": 0, "metric": "acc", "filter": "none"}],
+          "apply_chat_template": True, "batch_size": 8, "limit": 6, "seed": 0, "dtype": "float32", "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_tasks")
+    records = [{"id": f"toy-eval-{p['index']}", "prompt": [{"role": "user", "content": p["question"]}],
+                "chosen": p["answer"], "answer": p["answer"].rsplit("#### ", 1)[1]}
+               for p in synthetic.make_splits(11, {"eval": 6}, 20)["eval"]]
+    data = root / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    lm_eval_tasks.main(["--data", str(data), "--name", "toy", "--max-gen-toks", "8", "--outdir", str(root / "tasks")])
+    return str(root / "tasks")
+
+
+def run(model, tasks, out):
+    evaluate.main(["--params", json.dumps(PARAMS), "--model", model, "--tasks-dir", tasks, "--output", str(out)])
+
+
+def test_a_killed_evaluation_resumes_from_its_finished_tasks(tiny_world, tasks_dir, tmp_path, monkeypatch, capsys):
+    model, _ = tiny_world
+    whole, killed = tmp_path / "whole/arith.json", tmp_path / "killed/arith.json"
+    run(model, tasks_dir, whole)
+    result = json.loads(whole.read_text())
+    assert set(result["scores"]) == {"toy_gen", "toy_mc"} and result["protocol"]["shots"] == {"toy_gen": 0, "toy_mc": 0}
+    assert result["protocol"]["versions"]["lm_eval"] and set(result["raw"]) == {"toy_gen", "toy_mc"}
+
+    real = evaluate.Harness.evaluate
+    evaluated = []
+
+    def dies_on_the_second_task(self, task):
+        evaluated.append(task["task"])
+        if len(evaluated) == 2:
+            raise KeyboardInterrupt  # the job is killed while evaluating toy_mc
+        return real(self, task)
+
+    monkeypatch.setattr(evaluate.Harness, "evaluate", dies_on_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        run(model, tasks_dir, killed)
+    assert not killed.exists() and len(list(shard_folder(killed).glob("shard*.jsonl"))) == 1
+    evaluated.clear()
+    monkeypatch.setattr(evaluate.Harness, "evaluate", lambda self, task: evaluated.append(task["task"]) or real(self, task))
+    capsys.readouterr()
+    run(model, tasks_dir, killed)
+    assert evaluated == ["toy_mc"] and "1 tasks resumed" in capsys.readouterr().out
+    assert killed.read_bytes() == whole.read_bytes()
+    assert (tmp_path / "killed/arith.samples.jsonl").read_bytes() == (tmp_path / "whole/arith.samples.jsonl").read_bytes()
+    assert not shard_folder(killed).exists()
