@@ -123,6 +123,18 @@ def test_refcache_of_other_inputs_is_refused_naming_the_digest(tiny_world, tmp_p
     assert not (tmp_path / "out/model").exists()
 
 
+def test_over_long_prompts_are_truncated_or_refused(tiny_world, tmp_path):
+    """The recipes keep the end of an over-long prompt (counted in run.json); `over_long_prompts: error` refuses it."""
+    model, data = tiny_world
+    hp = hp_for("sft", max_length=40, max_prompt_length=8, epochs=1)
+    run_train(model, data, tmp_path / "truncate", hp)
+    assert json.loads((tmp_path / "truncate/run.json").read_text())["responses_truncated"] > 0
+    with pytest.raises(InputError, match=r"pairs.jsonl, line 1, field 'prompt': id 'toy-train-\d+': the prompt has "
+                                         r"\d+ tokens, over max_prompt_length 8 in an example over max_length 40"):
+        run_train(model, data, tmp_path / "error", dict(hp, over_long_prompts="error"))
+    assert not (tmp_path / "error/model").exists()
+
+
 def test_refcache_with_too_few_negatives_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dft")  # sample: true, m 2, 2 epochs -> negatives 0..3

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .io import InputError
+
 
 def render_prompt(tokenizer, messages: list[dict], system_prompt: str | None = None,
                   prompt_format: str | None = None, prefix: str = "") -> str:
@@ -97,8 +99,11 @@ class Example:
 
 
 def encode_examples(tokenizer, records: list[dict], columns: list[int], settings: dict,
-                    kl_pairs: bool = False) -> tuple[list[Example], int]:
+                    kl_pairs: bool = False, source: str = "data") -> tuple[list[Example], int]:
     """Tokenise records (negatives in `columns`) with the recipe's truncation; also count truncations.
+
+    With `over_long_prompts: error`, an example whose prompt the recipe would cut (too long for
+    max_length, prompt over max_prompt_length) is refused instead, naming the `source` file, line and field.
 
     With `kl_pairs`, example i also gets (prompt_i, response of example i-1) for each of its
     responses, cyclically in file order: KTO's mismatched pairs, fixed per id so that the
@@ -108,10 +113,16 @@ def encode_examples(tokenizer, records: list[dict], columns: list[int], settings
     prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"], prompt_format=settings.get("prompt_format"),
                                                       prefix=r.get("prefix", "")))
                for r in records]
+    strict = settings.get("over_long_prompts") == "error"
 
     def join(i, text):
-        return join_truncated(prompts[i], encode_response(tokenizer, text), settings["max_length"],
-                              settings["max_prompt_length"], records[i]["id"])
+        response = encode_response(tokenizer, text)
+        n_prompt, limit = len(prompts[i]), settings["max_prompt_length"]
+        if strict and n_prompt + len(response) > settings["max_length"] and n_prompt > limit:
+            raise InputError(source, f"id {records[i]['id']!r}: the prompt has {n_prompt} tokens, over "
+                             f"max_prompt_length {limit} in an example over max_length {settings['max_length']} "
+                             "(over_long_prompts: truncate keeps its end, as the recipes do)", i + 1, "prompt")
+        return join_truncated(prompts[i], response, settings["max_length"], limit, records[i]["id"])
 
     for i, r in enumerate(records):
         ex = Example(r["id"], join(i, r["chosen"]), [join(i, r["negatives"][c]) for c in columns], label=r.get("label"))

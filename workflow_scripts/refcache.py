@@ -40,7 +40,7 @@ def build(model_path: str, revision: str | None, data: str, settings: dict, batc
     k = settings["negatives"]
     records = read_pairs(data, k, "the runs reading this reference cache")
     examples, n_truncated = encode_examples(tokenizer, records, list(range(k)), settings,
-                                            kl_pairs=bool(settings.get("kl_pairs")))
+                                            kl_pairs=bool(settings.get("kl_pairs")), source=data)
     sums, counts, flat, kl = [], [], [], []
     with torch.inference_mode():
         for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", mininterval=5):

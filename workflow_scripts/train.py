@@ -184,7 +184,8 @@ def train(args, hp: dict) -> None:
                disable=not accelerator.is_main_process)
     for epoch in range(step // steps_per_epoch, hp["epochs"]):
         columns = negative_columns(hp["method"], hp, epoch)
-        examples, truncated = encode_examples(tokenizer, records, columns, hp, kl_pairs=method.kl_pairs)
+        examples, truncated = encode_examples(tokenizer, records, columns, hp, kl_pairs=method.kl_pairs,
+                                              source=args.data)
         if step == epoch * steps_per_epoch:
             n_truncated += truncated
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(hp["seed"] + epoch)).tolist()
