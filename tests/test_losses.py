@@ -265,6 +265,30 @@ def test_token_logps_against_full_log_softmax():
         assert int(got_mask[row].sum()) == int(mask[row, 1:].sum())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_chunked_label_log_probs_match_autograd_of_log_softmax(monkeypatch, dtype):
+    """Values and gradients of the chunked LabelLogProbs equal a full float64 log-softmax, with
+    chunks that split sequences (5 positions of a 13-word vocabulary per chunk)."""
+    from workflow_scripts import encoding
+
+    monkeypatch.setattr(encoding, "CHUNK_ELEMENTS", 5 * 13)
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(3, 12, 13, generator=g, dtype=torch.float64) * 3).to(dtype)
+    ids = torch.randint(0, 13, (3, 12), generator=g)
+    weights = torch.randn(3, 11, generator=g, dtype=torch.float64)
+    ours = logits.detach().clone().requires_grad_()
+    got = encoding.LabelLogProbs.apply(ours, ids[:, 1:])
+    (got.double() * weights).sum().backward()
+    ref = logits.detach().double().requires_grad_()
+    expected = torch.log_softmax(ref[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    (expected * weights).sum().backward()
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    assert got.dtype == (torch.float32 if dtype == torch.bfloat16 else dtype)
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(ours.grad.double(), ref.grad, rtol=tol, atol=tol)
+    assert ours.grad.dtype == dtype and torch.all(ours.grad[:, -1] == 0)
+
+
 def test_negative_columns_per_epoch():
     hp = {"m": 2, "sample": True, "epochs": 2}
     assert negative_columns("dft", hp, 0) == [0, 1]

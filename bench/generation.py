@@ -1,0 +1,38 @@
+"""Generation throughput of one backend (run inside that backend's environment; prints JSON)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from workflow_scripts.backends import Request, Sampling, load_backend, request_seed
+from workflow_scripts.data import read_pairs
+from workflow_scripts.generate import prompt_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    p = {"backend": args.backend, "dtype": "float32", "batch_size": args.batch_size, "max_model_len": 512}
+    backend = load_backend(args.backend, args.model, None, p)
+    settings = Sampling(1.0, 1.0, 0, args.max_new_tokens)
+    records = read_pairs(args.data)
+    requests = [Request(prompt_ids(backend.tokenizer, r, {}), request_seed(r["id"], 0), settings) for r in records]
+    backend.generate(requests[:8])  # warm-up
+    start = time.perf_counter()
+    done = backend.generate(requests)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(backend.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in done)
+    print(json.dumps({"backend": args.backend, "requests": len(requests), "new_tokens": tokens, "seconds": seconds,
+                      "tokens_per_s": tokens / seconds, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()
