@@ -18,7 +18,7 @@ from workflow_scripts.models import load_model
 
 from .common import ROOT, machine, make_world
 from .kernels import loss_memory, matmul_parameters, peak_matmul_flops
-from .trainer import cached_vs_live, dft_throughput, dpo_vs_trl
+from .trainer import BASE, cached_vs_live, dft_throughput, dpo_vs_trl
 from .workflow import embedded_default, planning
 
 
@@ -33,7 +33,7 @@ def generation(model: str, data: str) -> dict:
         proc = subprocess.run([python, "-m", "bench.generation", "--backend", backend, "--model", model, "--data", data],
                               cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert proc.returncode == 0, proc.stderr[-3000:]
-        out[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[backend] = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{")))
     return out
 
 
@@ -42,7 +42,7 @@ def flop_utilisation(model: str, dpo: dict, peak: float) -> dict:
     attention scores add 12 L d T) against the measured dense matmul peak."""
     m = load_model(model)
     n, cfg = matmul_parameters(m), m.config
-    mean_len = dpo["tokens"] / (dpo["steps"] * 32 * 2)  # tokens per row (batch 32, chosen + rejected)
+    mean_len = dpo["tokens"] / (dpo["steps"] * BASE["batch_size"] * 2)  # tokens per row (chosen + rejected)
     flops_per_token = 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_len
     achieved = flops_per_token * dpo["tokens_per_s"]
     return {"matmul_parameters": n, "model_flops_per_s": achieved, "peak_flops_per_s": peak,
