@@ -76,10 +76,11 @@ def data_file(name):
         return f"{R}/bridge/{name}.jsonl"
     if name in config["unpaired"]:
         return f"{R}/unpaired/{name}.jsonl"
-    return f"{R}/data/{name}/train.jsonl"
+    return split_file(name, "train")
 
 
 def split_file(dataset, split):
+    """A normalised split of a dataset (the data stage's output)."""
     return f"{R}/data/{dataset}/{split}.jsonl"
 
 

@@ -5,8 +5,7 @@ rule lm_eval_tasks:
     """Task YAMLs for a synthetic split, written by the workflow."""
     input:
         script=script("lm_eval_tasks"),
-        data=lambda w: f"{R}/data/{config['evals'][w.eval]['synthetic']['dataset']}/"
-        f"{config['evals'][w.eval]['synthetic']['split']}.jsonl",
+        data=lambda w: split_file(config["evals"][w.eval]["synthetic"]["dataset"], config["evals"][w.eval]["synthetic"]["split"]),
     output:
         directory(f"{R}/eval_tasks/{{eval}}"),
     params:

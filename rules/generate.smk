@@ -4,8 +4,7 @@
 rule generate:
     input:
         script=script("generate"),
-        data=lambda w: f"{R}/data/{config['generations'][w.generation]['dataset']}/"
-        f"{config['generations'][w.generation]['split']}.jsonl",
+        data=lambda w: split_file(config["generations"][w.generation]["dataset"], config["generations"][w.generation]["split"]),
         model=lambda w: model_location(config["generations"][w.generation]["model"])[2],
     output:
         f"{R}/generate/{{generation}}/seed{{seed}}.jsonl",
@@ -30,8 +29,7 @@ rule generate:
 rule merge:
     input:
         script=script("merge"),
-        data=lambda w: f"{R}/data/{config['generations'][w.generation]['dataset']}/"
-        f"{config['generations'][w.generation]['split']}.jsonl",
+        data=lambda w: split_file(config["generations"][w.generation]["dataset"], config["generations"][w.generation]["split"]),
         seeds=lambda w: [f"{R}/generate/{w.generation}/seed{s}.jsonl"
                          for s in config["generations"][w.generation]["seeds"]],
     output:

@@ -6,7 +6,7 @@
 rule spin_generate:
     input:
         script=script("generate"),
-        data=lambda w: f"{R}/data/{config['runs'][w.run]['data']}/train.jsonl",
+        data=lambda w: split_file(config["runs"][w.run]["data"], "train"),
         model=lambda w: run_model(w.run, w.seed)[2],
     output:
         f"{R}/spin/{{run}}/generate{{seed}}/seed{{seed}}.jsonl",
@@ -31,7 +31,7 @@ rule spin_generate:
 rule spin_merge:
     input:
         script=script("merge"),
-        data=lambda w: f"{R}/data/{config['runs'][w.run]['data']}/train.jsonl",
+        data=lambda w: split_file(config["runs"][w.run]["data"], "train"),
         generated=f"{R}/spin/{{run}}/generate{{seed}}/seed{{seed}}.jsonl",
     output:
         f"{R}/spin/{{run}}/seed{{seed}}.jsonl",
