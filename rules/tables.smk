@@ -4,7 +4,7 @@
 rule table:
     input:
         script=script("tables"),
-        evals=lambda w: [f for files in eval_files(w.table).values() for f in files],
+        evals=lambda w: [f for evals in eval_files(w.table).values() for files in evals.values() for f in files],
     output:
         tex=f"{R}/tables/{{table}}.tex",
         csv=f"{R}/tables/{{table}}.csv",

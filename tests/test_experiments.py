@@ -87,14 +87,22 @@ def test_recipes_match_methods_md():
     tasks = {t["task"]: (t["shots"], t["metric"]) for t in general["evals"]["leaderboard_v1"]["tasks"]}
     assert tasks == {"arc_challenge": (25, "acc_norm"), "hellaswag": (10, "acc_norm"), "mmlu": (5, "acc"),
                      "truthfulqa_mc2": (0, "acc"), "winogrande": (5, "acc"), "gsm8k": (5, "exact_match"),
-                     "ifeval": (0, "prompt_level_strict_acc")}
+                     "ifeval": (0, ["prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc",
+                                    "inst_level_loose_acc"])}
     assert len(general["tables"]["dft_general"]["columns"]) == 7 and general["tables"]["dft_general"]["average"]
+    assert [c["metric"] for c in general["tables"]["ifeval_detail"]["columns"]] == tasks["ifeval"][1]
 
     math = load(ROOT / "experiments/dft_math.yaml")
     gen = math["generations"]["mm_neg"]
     assert gen["seeds"] == list(range(12)) and gen["max_new_tokens"] == 256
     assert gen["prompt_format"].startswith("Below is an instruction") and "{prompt}" in gen["prompt_format"]
     assert all(r["prompt_format"] == gen["prompt_format"] for r in math["runs"].values())
+    # the math table (METHODS.md): greedy, 512 new tokens, the Alpaca prompt; GSM8K truth after "####"
+    for answer_set in math["answer_sets"].values():
+        assert (answer_set["temperature"], answer_set["max_new_tokens"]) == (0.0, 512)
+        assert answer_set["prompt_format"].startswith("Below is an instruction") and "{prompt}" in answer_set["prompt_format"]
+    assert math["datasets"]["gsm8k"]["mapping"]["answer_after"] == "####"
+    assert {c["task"] for c in math["tables"]["dft_math"]["columns"]} == set(math["evals"]["math"]["answer_sets"])
 
     dyn = load(ROOT / "experiments/dynft.yaml")
     assert dyn["datasets"]["numina_cot"]["limit"] == 100000
@@ -163,14 +171,37 @@ def expected_jobs(config: dict) -> dict[str, int]:
                   METHODS[runs[r]["method"]].token_ref, METHODS[runs[r]["method"]].kl_pairs)
                  for r in needed if METHODS[runs[r]["method"]].needs_ref and runs[r]["ref_logps"] == "cache"
                  and not (runs[r]["lora"] or {}).get("load_in_4bit")}  # QLoRA: live reference (4-bit base)
-    subjects = {(row, seed, t["eval"]) for t in tables.values() for row in t["rows"]
-                for seed in (runs[row]["seeds"] if row in runs else [None])}
+    evals, answer_sets = config["evals"], config["answer_sets"]
+
+    def instances(row):  # the evaluated instances of a table row (as rules/common.smk `subjects`)
+        return [f"{row}/seed{seed}" for seed in runs[row]["seeds"]] if row in runs else [f"{row}/base"]
+
+    # (instance, eval) per table cell; a column may name its own eval
+    evaluated = {(inst, col["eval"] or t["eval"]) for t in tables.values() for col in t["columns"]
+                 for row in t["rows"] for inst in instances(row)}
+    kinds = {"lm_eval": "evaluate", "math": "math_eval", "alpaca_eval": "head2head", "pairwise": "head2head"}
+    eval_jobs = {rule: sum(kinds[evals[ev]["kind"]] == rule for _, ev in evaluated) for rule in set(kinds.values())}
+    answers = set()  # (instance, answer set): the model's own answers and the reference's a judge compares them with
+    for inst, ev in evaluated:
+        e = evals[ev]
+        if e["kind"] == "math":
+            answers |= {(inst, a) for a in e["answer_sets"]}
+        elif e["kind"] in ("alpaca_eval", "pairwise"):
+            answers.add((inst, e["answer_set"]))
+            row = inst.split("/")[0]
+            ref = runs[row]["model"] if e["kind"] == "pairwise" else e["reference"]
+            if ref != "dataset":
+                answers.add((instances(ref)[0], e["answer_set"]))
+    data |= {(answer_sets[a]["dataset"], answer_sets[a]["split"]) for _, a in answers}
+    synthetic = {ev for _, ev in evaluated if evals[ev]["kind"] == "lm_eval" and evals[ev].get("synthetic")}
+    data |= {(evals[ev]["synthetic"]["dataset"], evals[ev]["synthetic"]["split"]) for ev in synthetic}
     jobs = {"data": len(data), "generate": sum(len(generations[g]["seeds"]) for g in gens), "merge": len(gens),
             "spin_generate": sum(len(runs[r]["seeds"]) for r in spin),
             "spin_merge": sum(len(runs[r]["seeds"]) for r in spin), "refcache": len(refcaches),
             "step_controlled_generate": sum(len(steps[s]["seeds"]) for s in used_steps),
             "step_controlled_pairs": len(used_steps), "bridge": len(used_bridges),
-            "train": sum(len(runs[r]["seeds"]) for r in needed), "evaluate": len(subjects), "table": len(tables)}
+            "train": sum(len(runs[r]["seeds"]) for r in needed), "answers": len(answers), **eval_jobs,
+            "lm_eval_tasks": len(synthetic), "table": len(tables)}
     return {rule: n for rule, n in jobs.items() if n}
 
 
@@ -220,4 +251,6 @@ def test_default_target_plans_tables_and_manifest(path, workdirs):
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-4000:]
     jobs = job_stats(text)
-    assert jobs == {**expected_jobs(resolved(path)), "manifest": 1, "all": 1}
+    config = resolved(path)
+    curves = sum(len(spec["seeds"]) for spec in config["runs"].values())  # rules/report.smk: a plot per run instance
+    assert jobs == {**expected_jobs(config), "curves": curves, "manifest": 1, "all": 1}

@@ -122,3 +122,55 @@ def test_generation_refuses_bad_data_without_output(tiny_world, tmp_path, bad, m
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     assert proc.returncode == 2 and message in proc.stderr and str(data) in proc.stderr
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_special_token_stops_and_generation_config_eos(tiny_world, tmp_path):
+    """A stop string that is one special token (<|eot_id|>-like) stops on its id, although completions are
+    decoded without special tokens; an end-of-turn id in the model's generation config ends a completion too."""
+    import shutil
+
+    import torch
+    from transformers import GenerationConfig
+
+    from workflow_scripts.backends import HFBackend, Request, Sampling
+    from workflow_scripts.generate import prompt_ids
+    from workflow_scripts.models import load_tokenizer
+
+    record = {"id": "q", "prompt": [{"role": "user", "content": "What is 3 + 4?"}]}
+    greedy = Sampling(0.0, max_new_tokens=12)
+    plain = HFBackend(tiny_world[0], None, "float32", 4)
+    ids = prompt_ids(plain.tokenizer, record, {})
+    generated = plain.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    turn_end = generated[3]
+    before = plain.tokenizer.decode(generated[:generated.index(turn_end)], skip_special_tokens=True)
+
+    special = tmp_path / "special"
+    shutil.copytree(tiny_world[0], special)
+    tok = load_tokenizer(str(special))
+    token = tok.convert_ids_to_tokens(turn_end)
+    tok.add_special_tokens({"additional_special_tokens": [token]})
+    assert tok.convert_tokens_to_ids(token) == turn_end  # same id, now special
+    tok.save_pretrained(special)
+    cut = HFBackend(str(special), None, "float32", 4).generate(
+        [Request(ids, 0, Sampling(0.0, max_new_tokens=12, stop=(token,)))])[0]
+    assert (cut.text, cut.finish_reason) == (before, "stop")
+
+    eos_dir = tmp_path / "eos"
+    shutil.copytree(tiny_world[0], eos_dir)
+    config = GenerationConfig.from_pretrained(eos_dir)
+    config.eos_token_id = [plain.tokenizer.eos_token_id, turn_end]
+    config.save_pretrained(eos_dir)
+    ended = HFBackend(str(eos_dir), None, "float32", 4).generate([Request(ids, 0, greedy)])[0]
+    assert (ended.text, ended.finish_reason) == (before, "stop")
+
+
+def test_several_samples_per_prompt_extend_the_single_sample_file(tiny_world, tmp_path):
+    """samples: k -> seeds s .. s+k-1 per prompt; the seed-s sample is the one a single-sample run draws."""
+    model, data = tiny_world
+    one, three = tmp_path / "one.jsonl", tmp_path / "three.jsonl"
+    generate.main(argv(model, data, one, limit=8))
+    generate.main(argv(model, data, three, limit=8, samples=3))
+    single = [json.loads(line) for line in one.read_text().splitlines()]
+    multi = [json.loads(line) for line in three.read_text().splitlines()]
+    assert [(r["id"], r["seed"]) for r in multi] == [(r["id"], s) for r in single for s in (3, 4, 5)]
+    assert [r for r in multi if r["seed"] == 3] == single

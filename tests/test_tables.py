@@ -12,10 +12,11 @@ TABLE = {
     "columns": [{"label": "GSM_EM", "task": "gen", "metric": "exact_match"},
                 {"label": "MC", "task": "mc", "metric": "acc"}],
 }
+PROTOCOL = "lm-eval-harness 0.4.13 (hf, float32); gen 0-shot, mc 0-shot; chat template on; batch size 64; seed 0"
 
 EXPECTED_TEX = r"""\begin{table}[t]
 \centering
-\caption{Synthetic GSM8K.}
+\caption{Synthetic GSM8K. Protocol: lm-eval-harness 0.4.13 (hf, float32); gen 0-shot, mc 0-shot; chat template on; batch size 64; seed 0.}
 \label{tab:main}
 \begin{tabular}{lccc}
 \toprule
@@ -30,25 +31,27 @@ dft & 45.0 $\pm$ 7.1 & \textbf{60.0 $\pm$ 0.0} & \textbf{52.5 $\pm$ 3.5} \\
 """
 
 
-def eval_file(tmp_path, name, gen, mc):
+def eval_file(tmp_path, name, gen, mc, protocol=PROTOCOL):
     path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps({"scores": {"gen": {"exact_match": gen, "stderr": 0.01}, "mc": {"acc": mc}}}))
+    path.write_text(json.dumps({"scores": {"gen": {"exact_match": gen, "stderr": {"exact_match": 0.01}},
+                                           "mc": {"acc": mc}}, "protocol": {"summary": protocol}}))
     return str(path)
 
 
 @pytest.fixture
 def files(tmp_path):
-    return {"base": [eval_file(tmp_path, "base", 0.1, 0.25)], "sft": [eval_file(tmp_path, "sft", 0.5, 0.4)],
-            "dft": [eval_file(tmp_path, "dft1", 0.4, 0.6), eval_file(tmp_path, "dft2", 0.5, 0.6)]}
+    return {"base": {"arith": [eval_file(tmp_path, "base", 0.1, 0.25)]},
+            "sft": {"arith": [eval_file(tmp_path, "sft", 0.5, 0.4)]},
+            "dft": {"arith": [eval_file(tmp_path, "dft1", 0.4, 0.6), eval_file(tmp_path, "dft2", 0.5, 0.6)]}}
 
 
 def test_tex_matches_expected_text(files):
-    out = tables.render(TABLE, tables.collect(TABLE, files))
+    out = tables.render(TABLE, *tables.collect(TABLE, files))
     assert out["tex"] == EXPECTED_TEX
 
 
 def test_markdown_and_csv(files):
-    out = tables.render(TABLE, tables.collect(TABLE, files))
+    out = tables.render(TABLE, *tables.collect(TABLE, files))
     assert "| sft | **50.0** | 40.0 | 45.0 |" in out["md"]
     assert out["csv"].splitlines()[0] == "method,GSM_EM,GSM_EM_std,GSM_EM_n,MC,MC_std,MC_n,Avg,Avg_std,Avg_n"
     assert out["csv"].splitlines()[3].startswith("dft,45.000000,7.071068,2,60.000000,0.000000,2,52.500000")
@@ -56,7 +59,56 @@ def test_markdown_and_csv(files):
 
 def test_missing_score_is_an_error_naming_the_file(files, tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"scores": {"gen": {"exact_match": 0.1}}}))
-    files["sft"] = [str(bad)]
+    bad.write_text(json.dumps({"scores": {"gen": {"exact_match": 0.1}}, "protocol": {"summary": PROTOCOL}}))
+    files["sft"] = {"arith": [str(bad)]}
     with pytest.raises(InputError, match=r"bad.json, field 'scores.mc': no score for task 'mc' metric 'acc'"):
+        tables.collect(TABLE, files)
+
+
+PAIRWISE = {
+    "name": "pairwise", "eval": "pw", "rows": ["dpo", "kto"], "scale": 100, "digits": 1, "average": False,
+    "caption": "Runs against their starting model (%).",
+    "columns": [{"label": "Win", "task": "pairwise", "metric": "win", "scale": 1},
+                {"label": "Loss", "task": "pairwise", "metric": "loss", "scale": 1, "lower_is_better": True},
+                {"label": "n", "task": "pairwise", "metric": "n_total", "scale": 1, "digits": 0},
+                {"label": "Math", "eval": "math", "task": "gsm8k", "metric": "accuracy"}],
+}
+
+EXPECTED_PAIRWISE_TEX = r"""\begin{table}[t]
+\centering
+\caption{Runs against their starting model (\%). Protocol: pw: judge: answer check; reference: tiny/base; math: answers greedy.}
+\label{tab:pairwise}
+\begin{tabular}{lcccc}
+\toprule
+Method & Win & Loss ($\downarrow$) & n & Math \\
+\midrule
+dpo & \textbf{30.0} & 20.0 & \textbf{200} & \textbf{50.0} \\
+kto & 25.0 & \textbf{10.0} & \textbf{200} & 40.0 \\
+\bottomrule
+\end{tabular}
+\end{table}
+"""
+
+
+def test_judged_table_with_lower_is_better_and_a_second_eval(tmp_path):
+    """Counts keep their scale, a loss column bolds its minimum, a column reads another eval, the caption
+    ends with each eval's protocol."""
+    def write(name, scores, summary):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"scores": scores, "protocol": {"summary": summary}}))
+        return [str(path)]
+
+    files = {run: {"pw": write(f"{run}_pw", {"pairwise": {"win": win, "loss": loss, "n_total": 200}},
+                                 "judge: answer check; reference: tiny/base"),
+                   "math": write(f"{run}_math", {"gsm8k": {"accuracy": acc}}, "answers greedy")}
+             for run, win, loss, acc in (("dpo", 30.0, 20.0, 0.5), ("kto", 25.0, 10.0, 0.4))}
+    out = tables.render(PAIRWISE, *tables.collect(PAIRWISE, files))
+    assert out["tex"] == EXPECTED_PAIRWISE_TEX
+    assert out["md"].splitlines()[0] == "| Method | Win | Loss (↓) | n | Math |"
+
+
+def test_rows_under_another_protocol_are_an_error(files, tmp_path):
+    files["sft"] = {"arith": [eval_file(tmp_path, "sft_other", 0.5, 0.4, protocol=PROTOCOL.replace("0-shot", "5-shot"))]}
+    with pytest.raises(InputError, match="sft_other.json, field 'protocol.summary': eval 'arith' was run under another "
+                                         "protocol"):
         tables.collect(TABLE, files)

@@ -3,7 +3,8 @@
 A `Request` carries prompt token ids (rendered and tokenised once, by the caller, so both backends
 see the same ids), its own sampling settings and its own seed. A sample depends only on
 (prompt, settings, seed): not on batch size, batch order or the other requests. Completions have
-EOS and special tokens removed, are cut before the first stop string (which is not kept), and
+EOS (the tokenizer's and the generation config's) and special tokens removed, are cut before the
+first stop string (which is not kept; a stop string that is one special token stops on its id), and
 keep leading whitespace (callers strip it where the recipe does).
 """
 from __future__ import annotations
@@ -49,6 +50,15 @@ class Completion:
     stop_string: str | None = None  # the stop string that ended it, if one did
 
 
+def split_stops(tokenizer, stop: tuple[str, ...]) -> tuple[list[int], tuple[str, ...]]:
+    """Stop strings that are one special token of the tokenizer (`<|eot_id|>`, `<|im_end|>`) become stop
+    token ids, since completions are decoded without special tokens; the others stay strings."""
+    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
+                                                   if t.special}
+    ids = [tokenizer.convert_tokens_to_ids(s) for s in stop if s in special]
+    return ids, tuple(s for s in stop if s not in special)
+
+
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:
     """Text before the earliest stop string, and that string (None if there is none)."""
     hits = [(text.index(s), s) for s in stop if s in text]
@@ -69,6 +79,9 @@ class HFBackend:
         self.model.eval()
         self.model.to("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
+        eos = self.model.generation_config.eos_token_id  # chat models may end turns with another token
+        self.eos_ids = [self.tokenizer.eos_token_id] + [e for e in (eos if isinstance(eos, list) else [eos])
+                                                        if e is not None and e != self.tokenizer.eos_token_id]
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         out: list[Completion | None] = [None] * len(requests)
@@ -91,18 +104,21 @@ class HFBackend:
             ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[row, width - len(r.prompt_ids):] = 1
         sampler = PerRequestSampler([r.seed for r in requests], [r.sampling for r in requests])
+        stop_ids, stop = split_stops(tok, stop)
+        end_ids = self.eos_ids + [i for i in stop_ids if i not in self.eos_ids]
         with torch.inference_mode():
             generated = self.model.generate(
                 input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device), do_sample=False,
                 max_new_tokens=max_new_tokens, logits_processor=LogitsProcessorList([sampler]),
                 stop_strings=list(stop) or None, tokenizer=tok if stop else None,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id, eos_token_id=end_ids,
                 temperature=None, top_k=None, top_p=None)
         results = []
         for row in generated[:, width:].tolist():
             reason = "length"
-            if tok.eos_token_id in row:
-                row, reason = row[: row.index(tok.eos_token_id)], "stop"
+            ends = [row.index(e) for e in end_ids if e in row]
+            if ends:
+                row, reason = row[: min(ends)], "stop"
             text, hit = cut_at_stop(tok.decode(row, skip_special_tokens=True), stop)
             results.append(Completion(text, "stop" if hit else reason, hit))
         return results
@@ -169,11 +185,13 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(n=1, seed=r.seed, temperature=r.sampling.temperature, top_p=r.sampling.top_p,
-                                 top_k=r.sampling.top_k if r.sampling.top_k > 0 else -1,
-                                 max_tokens=r.sampling.max_new_tokens, stop=list(r.sampling.stop),
-                                 skip_special_tokens=True)
-                  for r in requests]
+        params = []
+        for r in requests:
+            stop_ids, stop = split_stops(self.tokenizer, r.sampling.stop)
+            params.append(SamplingParams(n=1, seed=r.seed, temperature=r.sampling.temperature, top_p=r.sampling.top_p,
+                                         top_k=r.sampling.top_k if r.sampling.top_k > 0 else -1,
+                                         max_tokens=r.sampling.max_new_tokens, stop=list(stop),
+                                         stop_token_ids=stop_ids, skip_special_tokens=True))
         prompts = [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []

@@ -114,7 +114,7 @@ def is_unpaired(config: dict, data: str) -> bool:
 def check_references(config: dict) -> None:
     models, datasets, generations = config["models"], config["datasets"], config["generations"]
     runs, evals, tables = config["runs"], config["evals"], config["tables"]
-    for section in ("models", *DATA_SECTIONS, "runs", "evals", "tables"):
+    for section in ("models", *DATA_SECTIONS, "answer_sets", "runs", "evals", "tables"):
         for name in config[section]:
             if not NAME.match(name):
                 raise ConfigError(f"config error at {section}.{name}: names may only use letters, digits and '_'")
@@ -132,6 +132,12 @@ def check_references(config: dict) -> None:
         if value not in known:
             raise ConfigError(f"config error at {where}: unknown {what} '{value}' (known: {sorted(known)})")
 
+    for name, d in datasets.items():
+        for split, spec in d["splits"].items() if d.get("hub_files") else ():
+            source = str(spec).split("[")[0]
+            if source not in d["hub_files"]:
+                raise ConfigError(f"config error at datasets.{name}.splits.{split}: source split '{source}' has no "
+                                  f"file in hub_files {sorted(d['hub_files'])}")
     for section in ("generations", "step_controlled"):
         for name, g in config[section].items():
             need(f"{section}.{name}.model", g["model"], models, "model")
@@ -163,18 +169,70 @@ def check_references(config: dict) -> None:
                                   f"completions); only kto trains on it")
             r["unpaired"] = True
         _check_negatives(name, r, config)
+    for name, a in config["answer_sets"].items():
+        need(f"answer_sets.{name}.dataset", a["dataset"], datasets, "dataset")
     for name, e in evals.items():
-        if e.get("synthetic"):
-            need(f"evals.{name}.synthetic.dataset", e["synthetic"]["dataset"], datasets, "dataset")
+        _check_eval(name, e, config, need)
     for name, t in tables.items():
         need(f"tables.{name}.eval", t["eval"], evals, "eval")
+        for i, col in enumerate(t["columns"]):
+            ev = col["eval"] or t["eval"]
+            need(f"tables.{name}.columns.{i}.eval", ev, evals, "eval")
+            tasks = eval_metrics(evals[ev])
+            if col["metric"] not in tasks.get(col["task"], ()):
+                raise ConfigError(f"config error at tables.{name}.columns.{i}: task '{col['task']}' with metric "
+                                  f"'{col['metric']}' is not among eval '{ev}' tasks "
+                                  f"{ {k: sorted(v) for k, v in tasks.items()} }")
+        pairwise = any(evals[col["eval"] or t["eval"]]["kind"] == "pairwise" for col in t["columns"])
         for row in t["rows"]:
-            need(f"tables.{name}.rows", row, {**models, **runs}, "run or model")
-        tasks = {task["task"]: task["metric"] for task in evals[t["eval"]]["tasks"]}
-        for col in t["columns"]:
-            if tasks.get(col["task"]) != col["metric"]:
-                raise ConfigError(f"config error at tables.{name}.columns: task '{col['task']}' with metric "
-                                  f"'{col['metric']}' is not among eval '{t['eval']}' tasks {tasks}")
+            need(f"tables.{name}.rows", row, runs if pairwise else {**models, **runs},
+                 "run (a pairwise eval compares a run with its starting model)" if pairwise else "run or model")
+
+MATH_METRICS = ("accuracy", "answered")
+HEAD2HEAD_METRICS = {
+    "alpaca_eval": ("win_rate", "standard_error", "discrete_win_rate", "n_wins", "n_wins_base", "n_draws",
+                    "n_total", "avg_length"),
+    "pairwise": ("win", "tie", "loss", "adjusted_win_rate", "n_total"),
+}
+
+
+def metric_list(task: dict) -> list[str]:
+    """An lm-eval task's kept metrics (`metric` is one name or a list)."""
+    return [task["metric"]] if isinstance(task["metric"], str) else list(task["metric"])
+
+
+def eval_metrics(e: dict) -> dict[str, set[str]]:
+    """Task -> the metrics an eval's JSON holds (what a table column may name)."""
+    if e["kind"] == "lm_eval":
+        return {t["task"]: set(metric_list(t)) for t in e["tasks"]}
+    if e["kind"] == "math":
+        return {a: set(MATH_METRICS) for a in e["answer_sets"]}
+    metrics = set(HEAD2HEAD_METRICS[e["kind"]])
+    if e["kind"] == "alpaca_eval" and e["difficulty_file"]:
+        metrics |= {"length_controlled_winrate", "lc_standard_error"}
+    return {e["kind"]: metrics}
+
+
+def _check_eval(name: str, e: dict, config: dict, need) -> None:
+    answer_sets, models, runs = config["answer_sets"], config["models"], config["runs"]
+    if e["kind"] == "lm_eval" and e.get("synthetic"):
+        need(f"evals.{name}.synthetic.dataset", e["synthetic"]["dataset"], config["datasets"], "dataset")
+    if e["kind"] == "math":
+        for a in e["answer_sets"]:
+            need(f"evals.{name}.answer_sets", a, answer_sets, "answer set")
+    if e["kind"] in HEAD2HEAD_METRICS:
+        need(f"evals.{name}.answer_set", e["answer_set"], answer_sets, "answer set")
+        if answer_sets[e["answer_set"]]["samples"] != 1:
+            raise ConfigError(f"config error at evals.{name}.answer_set: a judged eval compares one response per "
+                              f"prompt; answer set '{e['answer_set']}' has {answer_sets[e['answer_set']]['samples']}")
+        if e["kind"] == "alpaca_eval" and e["reference"] != "dataset":
+            need(f"evals.{name}.reference", e["reference"], {**models, **runs}, "model or run (or `dataset`)")
+        judge = e["judge"]
+        if judge["kind"] == "local":
+            need(f"evals.{name}.judge.model", judge.get("model"), models, "model")
+        if e["kind"] == "pairwise" and e["difficulty_file"]:
+            raise ConfigError(f"config error at evals.{name}.difficulty_file: the length-controlled win rate is "
+                              "an alpaca_eval metric")
 
 
 def _check_negatives(name: str, r: dict, config: dict) -> None:

@@ -151,7 +151,13 @@ def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[t
         from datasets import load_dataset  # the hub path: pinned revision, cached by `datasets`
 
         source_split, part = parse_split(spec["splits"][split])
-        ds = load_dataset(spec["hf_id"], spec.get("subset"), revision=spec["revision"], split=source_split)
+        if spec.get("hub_files"):  # a data file of the repo at the revision (repos whose loading script
+            file = spec["hub_files"][source_split]  # `datasets` no longer runs, e.g. tatsu-lab/alpaca_eval)
+            builder = "parquet" if file.endswith(".parquet") else "json"
+            ds = load_dataset(builder, data_files=f"hf://datasets/{spec['hf_id']}@{spec['revision']}/{file}",
+                              split="train")
+        else:
+            ds = load_dataset(spec["hf_id"], spec.get("subset"), revision=spec["revision"], split=source_split)
         rows, name = list(ds), f"{spec['hf_id']}@{spec['revision']}:{source_split}"
     indexed = list(enumerate(rows))
     if spec.get("shuffle_seed") is not None:

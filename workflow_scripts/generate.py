@@ -73,16 +73,18 @@ def main(argv: list[str] | None) -> None:
     backend = LazyBackend(p["backend"], args.model, args.revision, p, args.trust_remote_code)
     settings = sampling(p)
 
-    def work(chunk: list[dict]) -> list[dict]:
-        requests = [Request(prompt_ids(tokenizer, r, p), request_seed(r["id"], args.seed), settings) for r in chunk]
-        return [{"id": r["id"], "seed": args.seed, "text": c.text.lstrip(), "finish_reason": c.finish_reason}
-                for r, c in zip(chunk, backend.generate(requests))]
+    seeds = [args.seed + k for k in range(p.get("samples", 1))]  # answer sets may take several per prompt
 
-    results, resumed = run_in_shards(args.output, records, work,
+    def work(chunk: list[tuple[dict, int]]) -> list[dict]:
+        requests = [Request(prompt_ids(tokenizer, r, p), request_seed(r["id"], seed), settings) for r, seed in chunk]
+        return [{"id": r["id"], "seed": seed, "text": c.text.lstrip(), "finish_reason": c.finish_reason}
+                for (r, seed), c in zip(chunk, backend.generate(requests))]
+
+    results, resumed = run_in_shards(args.output, [(r, seed) for r in records for seed in seeds], work,
                                      fingerprint("generate", p, args.seed, args.data, args.model, args.revision),
                                      p["shard_size"], f"generate seed {args.seed}")
     stopped = sum(r["finish_reason"] == "stop" for r in results)
-    print(f"seed {args.seed}: {len(results)} samples ({p['backend']}), {stopped} stopped before the length limit, "
+    print(f"seeds {seeds[0]}..{seeds[-1]}: {len(results)} samples ({p['backend']}), {stopped} stopped before the length limit, "
           f"{resumed} shards resumed")
 
 
