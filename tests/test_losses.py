@@ -326,3 +326,60 @@ def test_epoch_end_u_averaging_over_visiting_processes():
     # id 0 seen by both -> mean; id 1 only here; id 2 only there; id 3 by none -> unchanged
     assert u0.tolist() == [3.0, 2.0, 7.0, 4.0]
     assert visited0.tolist() == [0.0] * 4
+
+
+def _llama(attn):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, attn_implementation=attn)).double()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_forward_equals_one_forward_per_row(attn):
+    """Each prompt computed once (its keys and values reused by its K responses) gives the log-probs,
+    masks and ids of one forward over every full row, at prompts and responses of uneven lengths;
+    gradients agree up to the float32 inside the model (RMSNorm, softmax)."""
+    import random
+
+    from workflow_scripts import encoding
+    from workflow_scripts.encoding import Encoded, Example
+
+    model, rng = _llama(attn), random.Random(0)
+    examples = []
+    for i in range(5):
+        prompt = [rng.randrange(1, 50) for _ in range(rng.randint(2, 9))]
+        rows = [Encoded(prompt + [rng.randrange(1, 50) for _ in range(rng.randint(1, 7))], len(prompt), False)
+                for _ in range(3)]
+        examples.append(Example(f"e{i}", rows[0], rows[1:]))
+    results = []
+    for path in (lambda: encoding._shared_prompt_logps(model, examples, 0),
+                 lambda: encoding._rows_logps(model, [e.rows[j] for j in range(3) for e in examples], 0)):
+        model.zero_grad()
+        logps, mask, ids = path()
+        (logps * torch.arange(logps.numel(), dtype=logps.dtype).view_as(logps).sin()).sum().backward()
+        results.append((logps.detach(), mask, ids, [p.grad.clone() for p in model.parameters()]))
+    (shared, s_mask, s_ids, s_grads), (flat, f_mask, f_ids, f_grads) = results
+    assert torch.equal(s_mask, f_mask) and torch.equal(s_ids, f_ids) and s_mask.sum() > 0
+    assert torch.allclose(shared, flat, rtol=0, atol=1e-12)
+    for g_shared, g_flat in zip(s_grads, f_grads):
+        assert torch.allclose(g_shared, g_flat, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_shares_prompts_only_when_every_row_has_the_same_prompt(monkeypatch):
+    from workflow_scripts import encoding
+    from workflow_scripts.encoding import Encoded, Example
+
+    same = Example("a", Encoded([1, 2, 3, 4], 2, False), [Encoded([1, 2, 5], 2, False)])
+    cut = Example("b", Encoded([1, 2, 3, 4], 2, False), [Encoded([2, 5, 6, 7], 1, True)])  # a truncated prompt
+    used = []
+    monkeypatch.setattr(encoding, "_shared_prompt_logps", lambda *a: used.append("shared") or real_rows(*a))
+    real_rows = lambda model, examples, pad: encoding._rows_logps(  # noqa: E731
+        model, [e.rows[j] for j in range(2) for e in examples], pad)
+    model = _llama("sdpa")
+    encoding.forward_logps(model, [same], 0)
+    encoding.forward_logps(model, [same, cut], 0)
+    assert used == ["shared"]
+    assert encoding.shared_prompt(same.rows) and not encoding.shared_prompt(cut.rows)

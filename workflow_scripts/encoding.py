@@ -190,15 +190,72 @@ def _rows_logps(model, seqs: list[Encoded], pad_id: int):
     return logps, mask, ids
 
 
+def shared_prompt(rows: list[Encoded]) -> bool:
+    """Whether every row of an example starts with the same prompt (false only when the recipe's
+    truncation cut the prompt for some responses and not others)."""
+    n = rows[0].n_prompt
+    return all(r.n_prompt == n and r.ids[:n] == rows[0].ids[:n] for r in rows[1:])
+
+
+def _shared_prompt_logps(model, examples: list[Example], pad_id: int):
+    """The rows' per-token log-probs with each prompt computed once: a forward over the (right-padded)
+    prompts keeps their keys and values, repeated for the K responses of each example, which a second
+    forward continues. Same values as `_rows_logps` on the same rows (same positions, same masks), laid
+    out like it ([col0 of all examples; col1; ...], position t predicts token t + 1 of the row), with
+    the prompt tokens' work done once instead of K times."""
+    b, k = len(examples), len(examples[0].rows)
+    rows = [e.rows[j] for j in range(k) for e in examples]
+    batch = pad_batch(rows, pad_id)  # the layout of the flat path: ids, and the loss mask over responses
+    device = next(model.parameters()).device
+    n_prompt = torch.tensor([e.chosen.n_prompt for e in examples], device=device)
+    width = int(n_prompt.max())
+    prompts = torch.full((b, width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((b, width), dtype=torch.long)
+    for i, e in enumerate(examples):  # right padding: no query row is fully masked (left padding's would be NaN)
+        prompts[i, : e.chosen.n_prompt] = torch.tensor(e.chosen.ids[: e.chosen.n_prompt])
+        prompt_mask[i, : e.chosen.n_prompt] = 1
+    prompts, prompt_mask = prompts.to(device), prompt_mask.to(device)
+    first = model(input_ids=prompts, attention_mask=prompt_mask, use_cache=True)
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(k)  # example-major rows: example i's responses are rows i*k .. i*k + k - 1
+    responses = [e.rows[j] for e in examples for j in range(k)]
+    r_width = max(len(r.ids) - r.n_prompt for r in responses)
+    r_ids = torch.full((b * k, r_width), pad_id, dtype=torch.long)
+    r_mask = torch.zeros((b * k, r_width), dtype=torch.long)
+    for i, r in enumerate(responses):
+        r_ids[i, : len(r.ids) - r.n_prompt] = torch.tensor(r.ids[r.n_prompt:])
+        r_mask[i, : len(r.ids) - r.n_prompt] = 1
+    r_ids, r_mask = r_ids.to(device), r_mask.to(device)
+    starts = n_prompt.repeat_interleave(k)[:, None]
+    logits = model(input_ids=r_ids, attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), r_mask], 1),
+                   position_ids=starts + torch.arange(r_width, device=device), past_key_values=cache,
+                   use_cache=True).logits
+    # the last prompt position predicts the first response token
+    last = first.logits[torch.arange(b, device=device), n_prompt - 1].repeat_interleave(k, 0)
+    head = torch.log_softmax(last.to(torch.float32 if last.dtype in (torch.float16, torch.bfloat16) else last.dtype), -1)
+    logps = torch.cat([head.gather(-1, r_ids[:, :1]), LabelLogProbs.apply(logits, r_ids[:, 1:])], 1) * r_mask
+    # into the flat layout: response token i of a row sits at position n_prompt - 1 + i
+    index = (starts - 1 + torch.arange(r_width, device=device)).clamp(max=batch["input_ids"].shape[1] - 2)
+    flat = torch.zeros((b * k, batch["input_ids"].shape[1] - 1), dtype=logps.dtype, device=device)
+    flat = flat.scatter_add(1, index, logps)
+    flat = flat.view(b, k, -1).transpose(0, 1).reshape(b * k, -1)  # example-major -> column-major
+    mask = batch["loss_mask"][:, 1:].to(device)
+    return flat * mask, mask, batch["input_ids"].to(device)
+
+
 def forward_logps(model, examples: list[Example], pad_id: int) -> Forward:
-    """One forward over [chosen; neg_1; ...; neg_m] of the micro-batch; KTO's mismatched rows, which
-    only enter the detached KL estimate, go through a second forward without autograd."""
+    """One pass over [chosen; neg_1; ...; neg_m] of the micro-batch, each prompt computed once when
+    all its rows share it (see `_shared_prompt_logps`); KTO's mismatched rows, which only enter the
+    detached KL estimate, go through a second forward without autograd."""
     b, k = len(examples), len(examples[0].rows)
 
     def grid(x, cols):  # rows ordered column-major [col0 of all examples; col1; ...] -> [B, cols, ...]
         return x.view(cols, b, *x.shape[1:]).transpose(0, 1)
 
-    logps, mask, ids = _rows_logps(model, [e.rows[j] for j in range(k) for e in examples], pad_id)
+    if k > 1 and all(shared_prompt(e.rows) for e in examples):
+        logps, mask, ids = _shared_prompt_logps(model, examples, pad_id)
+    else:
+        logps, mask, ids = _rows_logps(model, [e.rows[j] for j in range(k) for e in examples], pad_id)
     out = Forward(grid(logps, k), grid(mask, k), grid(ids, k))
     n_kl = len(examples[0].kl)
     if n_kl:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from importlib import metadata
 
 PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "trl", "safetensors",
-            "lm_eval", "alpaca_eval", "vllm", "deepspeed", "snakemake", "pandas", "numpy", "sympy", "scikit-learn", "openai")
+            "lm_eval", "alpaca_eval", "vllm", "deepspeed", "snakemake", "pandas", "numpy", "sympy", "scikit-learn",
+            "openai")
 
 
 def package_versions() -> dict[str, str]:
