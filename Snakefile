@@ -12,6 +12,9 @@ if not workflow.overwrite_configfiles:  # a --configfile replaces the default, n
 include: "rules/common.smk"
 
 
+report: "report/workflow.rst"
+
+
 envvars:
     *[name for name in SECRET_ENV if name in os.environ],
 
@@ -24,6 +27,7 @@ include: "rules/refcache.smk"
 include: "rules/train.smk"
 include: "rules/eval.smk"
 include: "rules/tables.smk"
+include: "rules/report.smk"
 
 
 localrules:
@@ -40,5 +44,6 @@ localrules:
 rule all:
     input:
         table_outputs(),
+        plot_outputs(),
         f"{R}/manifest.json",
     default_target: True

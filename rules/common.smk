@@ -186,6 +186,11 @@ def eval_files(table):
     return {row: {ev: [f"{R}/eval/{s}/{ev}.json" for s in subjects(row)] for ev in evals} for row in t["rows"]}
 
 
+def plot_outputs():
+    """The training-curve plot of every trained instance (rules/report.smk)."""
+    return [f"{R}/plots/{s}.png" for run in config["runs"] for s in subjects(run)]
+
+
 def table_outputs():
     return [f"{R}/tables/{t}.{ext}" for t in config["tables"] for ext in ("tex", "csv", "md")]
 

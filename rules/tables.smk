@@ -26,6 +26,7 @@ rule manifest:
     input:
         script=script("manifest"),
         tables=table_outputs(),
+        plots=plot_outputs(),
     output:
         f"{R}/manifest.json",
     params:

@@ -58,6 +58,17 @@ def write_config(path, config):
     (lambda c: c["runs"].update({"../../etc/x": c["runs"]["sft"]}), "runs.../../etc/x: names may only use letters"),
     (lambda c: c["generations"].update({"a/b": c["generations"]["toy_neg"]}), "generations.a/b: names may only use"),
     (lambda c: c["models"]["mini"].update(trust_remote_code="yes"), "models.mini.trust_remote_code: 'yes' is not of type"),
+    (lambda c: c["evals"]["toy_math"].update(answer_sets=["nope"]), "evals.toy_math.answer_sets: unknown answer set 'nope'"),
+    (lambda c: c["evals"]["toy_math"].update(tasks=[]), "Unevaluated properties are not allowed ('tasks'"),
+    (lambda c: c["evals"]["toy_alpaca"]["judge"].update(kind="local", model="nope"),
+     "evals.toy_alpaca.judge.model: unknown model 'nope'"),
+    (lambda c: c["tables"]["mini_pairwise"]["rows"].append("mini"),
+     "unknown run (a pairwise eval compares a run with its starting model) 'mini'"),
+    (lambda c: c["tables"]["mini_alpaca"]["columns"].append(
+        {"label": "LC", "task": "alpaca_eval", "metric": "length_controlled_winrate"}),
+     "tables.mini_alpaca.columns.1: task 'alpaca_eval' with metric 'length_controlled_winrate' is not among"),
+    (lambda c: c["tables"]["mini_table"]["columns"].append({"label": "X", "eval": "nope", "task": "t", "metric": "m"}),
+     "tables.mini_table.columns.3.eval: unknown eval 'nope'"),
 ])
 def test_config_error_fails_before_any_job(tmp_path, edit, message):
     config = yaml.safe_load(MINI.read_text())
@@ -72,12 +83,16 @@ def test_config_error_fails_before_any_job(tmp_path, edit, message):
 def test_default_config_plans_every_stage():
     jobs = planned_jobs(snakemake(ROOT, "-n", "--forceall"))
     for rule in ("build_tiny_model", "build_synthetic_dataset", "data", "generate", "merge", "refcache", "train",
-                 "lm_eval_tasks", "evaluate", "table", "manifest"):
+                 "lm_eval_tasks", "evaluate", "answers", "math_eval", "head2head", "curves", "table", "manifest"):
         assert jobs.get(rule, 0) >= 1, rule
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert jobs["generate"] == len(config["generations"]["arith_neg"]["seeds"])
     assert jobs["train"] == sum(r.get("iterations", 1) for r in config["runs"].values())
     assert jobs["spin_generate"] == sum(r.get("iterations", 0) for r in config["runs"].values())
+    evaluated = len({row for t in config["tables"].values() for row in t["rows"]})
+    assert jobs["answers"] == jobs["math_eval"] == evaluated == len(config["tables"]["main"]["rows"])
+    assert jobs["head2head"] == 2 * evaluated - 1  # AlpacaEval for every row, pairwise for the runs
+    assert jobs["table"] == len(config["tables"])
 
 
 def test_lint_is_clean():
@@ -113,17 +128,6 @@ def test_configfile_replaces_the_default_instead_of_merging(tmp_path):
 
 FAKE_TOKENS = {"HF_TOKEN": "hf_FAKEtoken0123456789abcdef", "OPENAI_API_KEY": "sk-FAKEkey0123456789abcdef",
                "WANDB_API_KEY": "FAKEwandb0123456789abcdef"}
-
-
-@pytest.fixture(scope="module")
-def mini_run(tmp_path_factory):
-    """The mini config run end to end, with (fake) credentials in the environment."""
-    workdir = tmp_path_factory.mktemp("mini")
-    config = write_config(workdir / "config.yaml", yaml.safe_load(MINI.read_text()))
-    result = snakemake(workdir, "--cores", "2", "--configfile", config, env=FAKE_TOKENS)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    assert not any(token in result.stdout + result.stderr for token in FAKE_TOKENS.values())
-    return workdir, config
 
 
 def test_credentials_are_never_written(mini_run):
@@ -176,7 +180,10 @@ def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):
     config["runs"]["sft"]["lr"] = 0.002
     changed = write_config(tmp_path / "changed.yaml", config)
     result = snakemake(workdir, "-n", "--configfile", changed)
-    assert planned_jobs(result) == {"train": 1, "evaluate": 1, "table": 1, "manifest": 1, "all": 1}
+    # sft's model, its plot, its lm-eval suite, its answers and the evals that read them (math, AlpacaEval,
+    # pairwise), the three tables that show sft, the manifest: nothing of the other runs
+    assert planned_jobs(result) == {"train": 1, "curves": 1, "evaluate": 1, "answers": 1, "math_eval": 1,
+                                    "head2head": 2, "table": 3, "manifest": 1, "all": 1}
     assert "results/train/sft/seed42" in result.stdout
     # a default that sft does not read (beta) changes nothing for it
     config["runs"]["sft"]["lr"] = 0.001

@@ -1,0 +1,27 @@
+# Report (`snakemake --report report.html`): the tables (marked in tables.smk) and one plot of
+# training curves per trained instance, i.e. per subject of a run (every SPIN iteration is a run);
+# `rule all` and the manifest ask for all of them. In the report, SPIN iterations sit under their SPIN run.
+
+
+localrules:
+    curves,
+
+
+rule curves:
+    input:
+        script=script("curves"),
+        train_log=f"{R}/train/{{run}}/seed{{seed}}/train_log.jsonl",
+    output:
+        report(f"{R}/plots/{{run}}/seed{{seed}}.png", caption="../report/curves.rst", category="Training curves",
+               subcategory=lambda w: (config["runs"][w.run].get("spin") or {}).get("run", w.run),
+               labels=lambda w: {"run": w.run, "method": config["runs"][w.run]["method"], "seed": w.seed}),
+    params:
+        method=lambda w: config["runs"][w.run]["method"],
+    priority: 1  # plotted as soon as its training is done
+    log:
+        f"{R}/logs/curves/{{run}}/seed{{seed}}.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m workflow_scripts.curves --log {input.train_log} --run {wildcards.run} --method {params.method} "
+        "--seed {wildcards.seed} --output {output} > {log} 2>&1"
