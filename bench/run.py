@@ -38,13 +38,14 @@ def generation(model: str, data: str) -> dict:
 
 
 def flop_utilisation(model: str, dpo: dict, peak: float) -> dict:
-    """Model FLOP/s of our DPO training (6 N per token, forward + backward, N the matmul parameters;
-    attention scores add 12 L d T) against the measured dense matmul peak."""
+    """Model FLOP/s of our DPO training (6 N per computed token, forward + backward, N the matmul
+    parameters; attention scores add 12 L d T) against the measured dense matmul peak. Computed tokens
+    count each example's shared prompt once, as the trainer's forward does."""
     m = load_model(model)
     n, cfg = matmul_parameters(m), m.config
     mean_len = dpo["tokens"] / (dpo["steps"] * BASE["batch_size"] * 2)  # tokens per row (chosen + rejected)
     flops_per_token = 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_len
-    achieved = flops_per_token * dpo["tokens_per_s"]
+    achieved = flops_per_token * dpo["computed_tokens"] / dpo["seconds"]
     return {"matmul_parameters": n, "model_flops_per_s": achieved, "peak_flops_per_s": peak,
             "utilisation": achieved / peak, "goal": "FLOP utilisation >= 50% of the measured peak",
             "met": achieved / peak >= 0.5}

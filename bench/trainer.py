@@ -13,7 +13,7 @@ import torch
 from workflow_scripts import refcache, train
 from workflow_scripts.config import negative_columns, negatives_required, refcache_settings
 from workflow_scripts.data import read_pairs
-from workflow_scripts.encoding import encode_examples, render_prompt
+from workflow_scripts.encoding import encode_examples, render_prompt, shared_prompt
 from workflow_scripts.models import load_model, load_tokenizer
 
 BASE = {"lr": 5e-4, "batch_size": 32, "micro_batch_size": 16, "warmup_ratio": 0.1, "weight_decay": 0.0,
@@ -22,17 +22,23 @@ BASE = {"lr": 5e-4, "batch_size": 32, "micro_batch_size": 16, "warmup_ratio": 0.
         "keep_checkpoints": 1, "seed": 0}
 
 
-def tokens_processed(model: str, data: str, hp: dict) -> int:
-    """Non-padding tokens the policy forwards over the run (chosen + the epoch's negatives of each example)."""
+def tokens_processed(model: str, data: str, hp: dict) -> tuple[int, int]:
+    """Non-padding tokens of the rows the policy is trained on over the run (chosen + the epoch's
+    negatives of each example: the throughput's unit, the same for every trainer), and the tokens our
+    forward computes (a prompt shared by an example's rows once: the FLOP count's unit)."""
     tok = load_tokenizer(model)
     records = read_pairs(data, negatives_required(hp["method"], hp))
     used = len(records) // hp["batch_size"] * hp["batch_size"]
-    total = 0
+    rows = computed = 0
     for epoch in range(hp["epochs"]):  # the examples the trainer draws (its seeded order, last partial batch dropped)
         examples, _ = encode_examples(tok, records, negative_columns(hp["method"], hp, epoch), hp)
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(hp["seed"] + epoch))[:used]
-        total += sum(len(row.ids) for i in order.tolist() for row in examples[i].rows)
-    return total
+        for i in order.tolist():
+            ex = examples[i]
+            rows += sum(len(r.ids) for r in ex.rows)
+            shared = ex.chosen.n_prompt if shared_prompt(ex.rows) else 0
+            computed += sum(len(r.ids) for r in ex.rows) - shared * (len(ex.rows) - 1)
+    return rows, computed
 
 
 def ours(model: str, data: str, hp: dict, reference: str | None, workdir: Path) -> dict:
@@ -51,9 +57,9 @@ def ours(model: str, data: str, hp: dict, reference: str | None, workdir: Path) 
                 "--outdir", str(workdir / "out"), "--threads", str(torch.get_num_threads()), *extra])
     seconds = time.perf_counter() - start
     log = [json.loads(line) for line in (workdir / "out/train_log.jsonl").read_text().splitlines()]
-    tokens = tokens_processed(model, data, hp)
+    tokens, computed = tokens_processed(model, data, hp)
     return {"seconds": seconds, "steps": len(log), "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "final_loss": log[-1]["loss"]}
+            "computed_tokens": computed, "final_loss": log[-1]["loss"]}
 
 
 def trl_dpo(model_dir: str, data: str, hp: dict, workdir: Path) -> dict:
@@ -96,7 +102,7 @@ def trl_dpo(model_dir: str, data: str, hp: dict, workdir: Path) -> dict:
     trainer.train()
     seconds = times["end"] - times["start"]
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    tokens = tokens_processed(model_dir, data, {**hp, "method": "dpo"})
+    tokens = tokens_processed(model_dir, data, {**hp, "method": "dpo"})[0]
     return {"seconds": seconds, "steps": len(losses), "tokens": tokens, "tokens_per_s": tokens / seconds,
             "final_loss": losses[-1]}
 

@@ -216,6 +216,7 @@ def test_two_runs_from_scratch_reproduce_every_digest(tmp_path):
     keep = {"sft", "dft", "kto", "spin"}
     config["runs"] = {k: v for k, v in config["runs"].items() if k in keep}
     config["tables"]["mini_table"]["rows"] = ["mini", *sorted(keep)]
+    config["tables"]["mini_pairwise"]["rows"] = ["sft", "kto"]
     manifests = []
     for name in ("first", "second"):
         workdir = tmp_path / name
