@@ -86,6 +86,9 @@ def test_pairwise_against_the_starting_model(tmp_path, split):
     assert (s["win"], s["tie"], s["loss"], s["adjusted_win_rate"], s["n_total"]) == (50.0, 25.0, 25.0, 62.5, 4)
     rows = [json.loads(line) for line in (tmp_path / "pairwise.samples.jsonl").read_text().splitlines()]
     assert [r["preference"] for r in rows] == [2.0, 2.0, 1.5, 1.0]
+    # one protocol for every row of a table, whatever model each run started from
+    assert "reference: each run's starting model" in result["protocol"]["summary"]
+    assert result["protocol"]["reference"] == "ref"
 
 
 def difficulty_file(path, n):
@@ -136,6 +139,13 @@ def test_length_controlled_win_rate_from_a_local_difficulty_file(tmp_path, monke
                           reference=write_jsonl(tmp_path / "r.jsonl", ref),
                           difficulty=difficulty_file(tmp_path / "df_gamed.csv", n))
     assert again["scores"] == result["scores"]
+
+
+def test_missing_difficulty_file_is_named_before_any_judging(tmp_path, split):
+    with pytest.raises(InputError, match=r"nowhere/df_gamed.csv, field 'difficulty_file': not found"):
+        run_head2head(tmp_path, split, "alpaca_eval", answers(tmp_path, "m", MODEL_TEXTS),
+                      difficulty=str(tmp_path / "nowhere/df_gamed.csv"))
+    assert not (tmp_path / "alpaca_eval.json").exists()
 
 
 def test_head2head_needs_a_reference_for_every_answer(tmp_path, split):

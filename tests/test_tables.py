@@ -69,8 +69,8 @@ PAIRWISE = {
     "name": "pairwise", "eval": "pw", "rows": ["dpo", "kto"], "scale": 100, "digits": 1, "average": False,
     "caption": "Runs against their starting model (%).",
     "columns": [{"label": "Win", "task": "pairwise", "metric": "win", "scale": 1},
-                {"label": "Loss", "task": "pairwise", "metric": "loss", "scale": 1, "lower_is_better": True},
-                {"label": "n", "task": "pairwise", "metric": "n_total", "scale": 1, "digits": 0},
+                {"label": "Loss", "task": "pairwise", "metric": "loss", "scale": 1, "best": "min"},
+                {"label": "n", "task": "pairwise", "metric": "n_total", "scale": 1, "digits": 0, "best": "none"},
                 {"label": "Math", "eval": "math", "task": "gsm8k", "metric": "accuracy"}],
 }
 
@@ -82,17 +82,17 @@ EXPECTED_PAIRWISE_TEX = r"""\begin{table}[t]
 \toprule
 Method & Win & Loss ($\downarrow$) & n & Math \\
 \midrule
-dpo & \textbf{30.0} & 20.0 & \textbf{200} & \textbf{50.0} \\
-kto & 25.0 & \textbf{10.0} & \textbf{200} & 40.0 \\
+dpo & \textbf{30.0} & 20.0 & 200 & \textbf{50.0} \\
+kto & 25.0 & \textbf{10.0} & 200 & 40.0 \\
 \bottomrule
 \end{tabular}
 \end{table}
 """
 
 
-def test_judged_table_with_lower_is_better_and_a_second_eval(tmp_path):
-    """Counts keep their scale, a loss column bolds its minimum, a column reads another eval, the caption
-    ends with each eval's protocol."""
+def test_judged_table_with_a_minimum_a_column_without_best_and_a_second_eval(tmp_path):
+    """Counts keep their scale and bold nothing (best: none), a loss column bolds its minimum, a column reads
+    another eval, the caption ends with each eval's protocol."""
     def write(name, scores, summary):
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps({"scores": scores, "protocol": {"summary": summary}}))

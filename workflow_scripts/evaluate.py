@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .config import metric_list
 from .io import atomic_path, run_cli, sha256_tree, write_json
@@ -53,7 +54,10 @@ class Harness:
 
         if self.lm is None:
             self.lm = get_model(self.p["backend"])(**self.args)
-            self.manager = TaskManager(include_path=self.include_path)
+            # indexing lm-eval's own task catalogue takes seconds: only when a task is not one of the workflow's
+            local = {path.stem for path in Path(self.include_path).glob("*.yaml")} if self.include_path else set()
+            self.manager = TaskManager(include_path=self.include_path,
+                                       include_defaults=not all(t["task"] in local for t in self.p["tasks"]))
         p, seed = self.p, self.p["seed"]
         res = lm_eval.simple_evaluate(
             model=self.lm, tasks=[task["task"]], num_fewshot=task["shots"], apply_chat_template=p["apply_chat_template"],

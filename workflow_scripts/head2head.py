@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 
 from .data import validate_record
 from .io import InputError, atomic_path, read_jsonl, run_cli, sha256_file, write_json
@@ -106,6 +107,9 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     p = json.loads(args.params)
+    if p["difficulty_file"] and not Path(p["difficulty_file"]).is_file():
+        raise InputError(p["difficulty_file"], "not found: a local copy of alpaca_eval's df_gamed.csv (the eval's "
+                         "difficulty_file) is needed for the length-controlled win rate", field="difficulty_file")
     items = head2head_items(args.data, args.answers, args.reference_answers)
     judge = load_judge(p["judge"], p["seed"], (args.judge_model, args.judge_revision), args.trust_remote_code)
     from .models import model_identity  # torch: only when a judge model is hashed
@@ -126,7 +130,8 @@ def main(argv: list[str] | None) -> None:
         scores["judge_failures"] = failed
         with atomic_path(args.output.removesuffix(".json") + ".samples.jsonl") as tmp:
             tmp.write_text("".join(json.dumps({**it, **j}, sort_keys=True) + "\n" for it, j in zip(items, judged)))
-        summary = (f"judge: {judge.description}; reference: {args.reference_name}; "
+        reference = "each run's starting model" if p["kind"] == "pairwise" else args.reference_name
+        summary = (f"judge: {judge.description}; reference: {reference}; "
                    f"{len(items)} instructions{'; length-controlled by alpaca_eval GLM' if p['difficulty_file'] else ''}")
         write_json(args.output, {"scores": {p["kind"]: scores}, "protocol": {
             "evaluator": p["kind"], "versions": package_versions(), "model": args.model, "judge": p["judge"],

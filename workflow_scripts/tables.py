@@ -60,15 +60,17 @@ def render(table: dict, rows: list[dict], summaries: dict[str, str] | None = Non
     labels = list(rows[0]["values"])
     digits = {lab: (columns[lab].get("digits") if lab in columns else None) for lab in labels}
     digits = {lab: table["digits"] if d is None else d for lab, d in digits.items()}
-    lower = {lab: lab in columns and columns[lab].get("lower_is_better", False) for lab in labels}
-    best = {lab: (min if lower[lab] else max)(summarise(r["values"][lab])[0] for r in rows) for lab in labels}
+    rule = {lab: columns[lab].get("best", "max") if lab in columns else "max" for lab in labels}
+    best = {lab: {"max": max, "min": min}[rule[lab]](summarise(r["values"][lab])[0] for r in rows)
+            for lab in labels if rule[lab] != "none"}
+    lower = {lab: rule[lab] == "min" for lab in labels}
     text = caption(table, summaries or {})
 
     def cell(vals, lab, bold_fmt):
         mean, std = summarise(vals)
         d = digits[lab]
         out = f"{mean:.{d}f}" + (f" ± {std:.{d}f}" if std is not None else "")
-        return bold_fmt(out) if round(mean, d) == round(best[lab], d) else out
+        return bold_fmt(out) if lab in best and round(mean, d) == round(best[lab], d) else out
 
     def tex_escape(s: str) -> str:
         return s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") \
