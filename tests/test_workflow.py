@@ -62,6 +62,8 @@ def write_config(path, config):
     (lambda c: c["evals"]["toy_math"].update(tasks=[]), "Unevaluated properties are not allowed ('tasks'"),
     (lambda c: c["evals"]["toy_alpaca"]["judge"].update(kind="local", model="nope"),
      "evals.toy_alpaca.judge.model: unknown model 'nope'"),
+    (lambda c: c["evals"]["toy_alpaca"].update(judge={"kind": "annotator", "annotator": "gpt5_magic"}),
+     "evals.toy_alpaca.judge.annotator: unknown alpaca_eval annotator config 'gpt5_magic'"),
     (lambda c: c["tables"]["mini_pairwise"]["rows"].append("mini"),
      "unknown run (a pairwise eval compares a run with its starting model) 'mini'"),
     (lambda c: c["tables"]["mini_alpaca"]["columns"].append(

@@ -213,6 +213,19 @@ def eval_metrics(e: dict) -> dict[str, set[str]]:
     return {e["kind"]: metrics}
 
 
+def annotator_configs() -> set[str] | None:
+    """The annotator configs alpaca_eval ships (found without importing it); None where it is not installed
+    (e.g. the node that only plans: the judging job checks again)."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec("alpaca_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(spec.submodule_search_locations[0]) / "evaluators_configs"
+    return {p.parent.name for p in root.glob("*/configs.yaml")}
+
+
 def _check_eval(name: str, e: dict, config: dict, need) -> None:
     answer_sets, models, runs = config["answer_sets"], config["models"], config["runs"]
     if e["kind"] == "lm_eval" and e.get("synthetic"):
@@ -230,6 +243,8 @@ def _check_eval(name: str, e: dict, config: dict, need) -> None:
         judge = e["judge"]
         if judge["kind"] == "local":
             need(f"evals.{name}.judge.model", judge.get("model"), models, "model")
+        if judge["kind"] in ("local", "annotator") and (known := annotator_configs()) is not None:
+            need(f"evals.{name}.judge.annotator", judge["annotator"], known, "alpaca_eval annotator config")
         if e["kind"] == "pairwise" and e["difficulty_file"]:
             raise ConfigError(f"config error at evals.{name}.difficulty_file: the length-controlled win rate is "
                               "an alpaca_eval metric")
