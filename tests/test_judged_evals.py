@@ -266,3 +266,12 @@ def test_math_eval_averages_several_samples_per_problem(tmp_path, split):
     assert s["stderr"]["accuracy"] == pytest.approx((
         (sum((x - 0.75) ** 2 for x in (0.5, 1, 1, 0.5)) / 3) ** 0.5 / 2))
     assert "mean over 2 samples per problem" in result["protocol"]["summary"]
+
+
+def test_math_protocol_describes_answer_sets_generated_differently():
+    greedy = {"temperature": 0.0, "max_new_tokens": 512, "backend": "vllm", "prompt_format": "{prompt}"}
+    one = math_eval.protocol("m", {"gsm8k": greedy, "math": greedy})["summary"]
+    assert one.startswith("answers greedy, at most 512 new tokens, raw prompt format, vllm backend; ToRA")
+    two = math_eval.protocol("m", {"gsm8k": greedy, "math": dict(greedy, max_new_tokens=2048)})["summary"]
+    assert two.startswith("gsm8k: answers greedy, at most 512 new tokens, raw prompt format, vllm backend; "
+                          "math: answers greedy, at most 2048 new tokens")

@@ -71,6 +71,11 @@ def pad_batch(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 CHUNK_ELEMENTS = 1 << 21  # logits entries per chunk (8 MB in float32)
 
 
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Log-probs of half-precision logits are computed in float32; float32 and float64 stay as they are."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class LabelLogProbs(torch.autograd.Function):
     """log p(label_t) = logits_t[label_t] - logsumexp(logits_t), in chunks of positions.
 
@@ -84,7 +89,7 @@ class LabelLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         b, t, v = logits.shape
-        work = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+        work = work_dtype(logits.dtype)
         flat, targets = logits.reshape(b * t, v), torch.nn.functional.pad(labels, (0, 1)).reshape(-1)
         out = torch.empty(b * t, dtype=work, device=logits.device)
         lse = torch.empty_like(out)
@@ -208,31 +213,23 @@ def _shared_prompt_logps(model, examples: list[Example], pad_id: int):
     batch = pad_batch(rows, pad_id)  # the layout of the flat path: ids, and the loss mask over responses
     device = next(model.parameters()).device
     n_prompt = torch.tensor([e.chosen.n_prompt for e in examples], device=device)
-    width = int(n_prompt.max())
-    prompts = torch.full((b, width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((b, width), dtype=torch.long)
-    for i, e in enumerate(examples):  # right padding: no query row is fully masked (left padding's would be NaN)
-        prompts[i, : e.chosen.n_prompt] = torch.tensor(e.chosen.ids[: e.chosen.n_prompt])
-        prompt_mask[i, : e.chosen.n_prompt] = 1
-    prompts, prompt_mask = prompts.to(device), prompt_mask.to(device)
-    first = model(input_ids=prompts, attention_mask=prompt_mask, use_cache=True)
+    # right padding: no query row is fully masked (left padding's would be NaN)
+    prompts = pad_batch([Encoded(e.chosen.ids[: e.chosen.n_prompt], 0, False) for e in examples], pad_id)
+    prompt_mask = prompts["attention_mask"].to(device)
+    first = model(input_ids=prompts["input_ids"].to(device), attention_mask=prompt_mask, use_cache=True)
     cache = first.past_key_values
     cache.batch_repeat_interleave(k)  # example-major rows: example i's responses are rows i*k .. i*k + k - 1
-    responses = [e.rows[j] for e in examples for j in range(k)]
-    r_width = max(len(r.ids) - r.n_prompt for r in responses)
-    r_ids = torch.full((b * k, r_width), pad_id, dtype=torch.long)
-    r_mask = torch.zeros((b * k, r_width), dtype=torch.long)
-    for i, r in enumerate(responses):
-        r_ids[i, : len(r.ids) - r.n_prompt] = torch.tensor(r.ids[r.n_prompt:])
-        r_mask[i, : len(r.ids) - r.n_prompt] = 1
-    r_ids, r_mask = r_ids.to(device), r_mask.to(device)
+    responses = pad_batch([Encoded(e.rows[j].ids[e.rows[j].n_prompt:], 0, False) for e in examples for j in range(k)],
+                          pad_id)
+    r_ids, r_mask = responses["input_ids"].to(device), responses["attention_mask"].to(device)
+    r_width = r_ids.shape[1]
     starts = n_prompt.repeat_interleave(k)[:, None]
     logits = model(input_ids=r_ids, attention_mask=torch.cat([prompt_mask.repeat_interleave(k, 0), r_mask], 1),
                    position_ids=starts + torch.arange(r_width, device=device), past_key_values=cache,
                    use_cache=True).logits
     # the last prompt position predicts the first response token
     last = first.logits[torch.arange(b, device=device), n_prompt - 1].repeat_interleave(k, 0)
-    head = torch.log_softmax(last.to(torch.float32 if last.dtype in (torch.float16, torch.bfloat16) else last.dtype), -1)
+    head = torch.log_softmax(last.to(work_dtype(last.dtype)), -1)
     logps = torch.cat([head.gather(-1, r_ids[:, :1]), LabelLogProbs.apply(logits, r_ids[:, 1:])], 1) * r_mask
     # into the flat layout: response token i of a row sits at position n_prompt - 1 + i
     index = (starts - 1 + torch.arange(r_width, device=device)).clamp(max=batch["input_ids"].shape[1] - 2)

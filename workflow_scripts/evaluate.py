@@ -1,6 +1,6 @@
 """Evaluation stage: lm-eval-harness on a model, scores and protocol in one JSON.
 
-Output: `{"scores": {task: {metric: value, "stderr": se}}, "protocol": {...}, "raw": {...}}`
+Output: `{"scores": {task: {metric: value, "stderr": {metric: se}}}, "protocol": {...}, "raw": {...}}`
 with the per-sample records beside it (`<suite>.samples.jsonl`). Each task is evaluated on its
 own and kept as a shard until the whole suite is done, so a killed evaluation resumes from its
 finished tasks (the model is loaded once, and only if a task is left).
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .config import metric_list
-from .io import atomic_path, run_cli, sha256_tree, write_json
+from .io import run_cli, sha256_tree, write_eval
 from .models import model_identity
 from .shards import run_in_shards
 from .versions import package_versions
@@ -31,7 +31,7 @@ def _scrub(obj):
 
 
 class Harness:
-    """lm-eval's HF model, built on first use, and one `simple_evaluate` per task."""
+    """lm-eval's model (HF or vLLM), built on first use, and one `simple_evaluate` per task."""
 
     def __init__(self, model: str, revision: str | None, p: dict, include_path: str | None, trust_remote_code: bool):
         self.args = {"pretrained": model, "dtype": p["dtype"], "trust_remote_code": trust_remote_code,
@@ -120,9 +120,7 @@ def main(argv: list[str] | None) -> None:
                    "tasks_dir": sha256_tree(args.tasks_dir) if args.tasks_dir else None}
 
     def finish(done: list[dict]) -> None:
-        with atomic_path(args.output.removesuffix(".json") + ".samples.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(s, sort_keys=True, default=str) + "\n" for d in done for s in d["samples"]))
-        write_json(args.output, suite_result(args.model, args.revision, p, done))
+        write_eval(args.output, suite_result(args.model, args.revision, p, done), (s for d in done for s in d["samples"]))
 
     done, resumed = run_in_shards(args.output, p["tasks"], lambda tasks: [harness.evaluate(t) for t in tasks],
                                   fingerprint, 1, "evaluate", finish)

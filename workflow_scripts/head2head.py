@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from .data import validate_record
-from .io import InputError, atomic_path, read_jsonl, run_cli, sha256_file, write_json
+from .io import InputError, read_jsonl, run_cli, sha256_file, write_eval
 from .judges import DRAW, load_judge
 from .math_eval import answer_rows
 from .shards import run_in_shards
@@ -128,15 +128,13 @@ def main(argv: list[str] | None) -> None:
         else:
             scores = pairwise_scores(judged)
         scores["judge_failures"] = failed
-        with atomic_path(args.output.removesuffix(".json") + ".samples.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps({**it, **j}, sort_keys=True) + "\n" for it, j in zip(items, judged)))
         reference = "each run's starting model" if p["kind"] == "pairwise" else args.reference_name
         summary = (f"judge: {judge.description}; reference: {reference}; "
                    f"{len(items)} instructions{'; length-controlled by alpaca_eval GLM' if p['difficulty_file'] else ''}")
-        write_json(args.output, {"scores": {p["kind"]: scores}, "protocol": {
+        write_eval(args.output, {"scores": {p["kind"]: scores}, "protocol": {
             "evaluator": p["kind"], "versions": package_versions(), "model": args.model, "judge": p["judge"],
             "reference": args.reference_name, "seed": p["seed"], "difficulty_file": p["difficulty_file"],
-            "summary": summary}})
+            "summary": summary}}, ({**it, **j} for it, j in zip(items, judged)))
         print(json.dumps(scores, indent=1))
 
     run_in_shards(args.output, items, judge.judge, fingerprint, 64, f"judge {p['kind']}", finish)

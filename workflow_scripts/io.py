@@ -63,6 +63,12 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return n
 
 
+def write_eval(path: str | os.PathLike, result: dict, samples: Iterable[dict]) -> None:
+    """An eval's JSON and, beside it, its per-sample records (`<name>.samples.jsonl`); the JSON last."""
+    write_jsonl(str(path).removesuffix(".json") + ".samples.jsonl", samples)
+    write_json(path, result)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(Path(path).read_text())

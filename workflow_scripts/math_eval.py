@@ -14,7 +14,7 @@ import statistics
 
 from .answers import check
 from .data import validate_record
-from .io import InputError, atomic_path, read_jsonl, run_cli, write_json
+from .io import InputError, read_jsonl, run_cli, write_eval
 from .versions import package_versions
 
 
@@ -64,15 +64,24 @@ def score_task(task: str, answered: list[tuple[dict, dict]]) -> tuple[dict, list
             "samples_per_problem": len(samples) / n, "stderr": {"accuracy": stderr}}, samples
 
 
+def decoding(s: dict) -> str:
+    """How an answer set was generated, in words."""
+    how = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']}"
+    if s.get("samples", 1) > 1:
+        how += f", mean over {s['samples']} samples per problem"
+    prompt = "raw prompt format" if s.get("prompt_format") else "chat template"
+    return f"answers {how}, at most {s['max_new_tokens']} new tokens, {prompt}, {s['backend']} backend"
+
+
 def protocol(model: str, settings: dict[str, dict]) -> dict:
-    """What every number of this eval depends on, and the one-line summary a table caption quotes."""
-    first = next(iter(settings.values()))
-    decoding = "greedy" if first["temperature"] == 0 else f"temperature {first['temperature']}"
-    if first.get("samples", 1) > 1:
-        decoding += f", mean over {first['samples']} samples per problem"
-    prompt = "raw prompt format" if first.get("prompt_format") else "chat template"
-    summary = (f"answers {decoding}, at most {first['max_new_tokens']} new tokens, {prompt}, {first['backend']} backend; "
-               "ToRA answer extraction, numeric or symbolic (sympy) equality")
+    """What every number of this eval depends on, and the one-line summary a table caption quotes
+    (answer sets generated differently are described one by one)."""
+    described = {name: decoding(s) for name, s in settings.items()}
+    if len(set(described.values())) == 1:
+        answers = next(iter(described.values()))
+    else:
+        answers = "; ".join(f"{name}: {d}" for name, d in described.items())
+    summary = f"{answers}; ToRA answer extraction, numeric or symbolic (sympy) equality"
     return {"evaluator": "math", "versions": package_versions(), "model": model, "answer_sets": settings,
             "extraction": "tora: 'final answer is $..$. I hope', last \\boxed{}, 'he answer is', 'final answer is', "
                           "last number", "summary": summary}
@@ -92,9 +101,8 @@ def main(argv: list[str] | None) -> None:
         samples += rows
         print(f"{t['name']}: accuracy {scores[t['name']]['accuracy']:.4f} over {scores[t['name']]['n']} "
               f"(answered {scores[t['name']]['answered']:.2%})")
-    with atomic_path(args.output.removesuffix(".json") + ".samples.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(s, sort_keys=True) + "\n" for s in samples))
-    write_json(args.output, {"scores": scores, "protocol": protocol(args.model, {t["name"]: t["settings"] for t in tasks})})
+    write_eval(args.output, {"scores": scores, "protocol": protocol(args.model, {t["name"]: t["settings"] for t in tasks})},
+               samples)
 
 
 if __name__ == "__main__":
