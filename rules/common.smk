@@ -154,7 +154,8 @@ def refcache_params(cache):
     runs = REFCACHES[cache]
     negatives = max(negatives_required(config["runs"][r]["method"], config["runs"][r]) for r in runs)
     first = config["runs"][runs[0]]
-    return js({**refcache_settings(first), "dtype": first["dtype"], "negatives": negatives,
+    return js({**refcache_settings(first), "dtype": first["dtype"], "attn_implementation": first["attn_implementation"],
+               "negatives": negatives,
                "batch_size": config["refcache"]["batch_size"]})
 
 

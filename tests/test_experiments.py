@@ -206,11 +206,12 @@ def expected_jobs(config: dict) -> dict[str, int]:
 
 
 @lru_cache(maxsize=None)
-def plan(path: Path, workdir: Path, default_target: bool) -> subprocess.CompletedProcess:
-    """Dry run of the paper's tables (or of the default target, which adds the manifest)."""
+def plan(path: Path, workdir: Path, default_target: bool, commands: bool = False) -> subprocess.CompletedProcess:
+    """Dry run of the paper's tables (or of the default target, which adds the manifest); `commands`
+    prints each job's shell command (`-p`)."""
     config = load(path)
     targets = [] if default_target else [f"results/tables/{t}.md" for t in config["tables"]]
-    return snakemake(workdir, "-n", *targets, "--configfile", str(path))
+    return snakemake(workdir, "-n", *(["-p"] if commands else []), *targets, "--configfile", str(path))
 
 
 @pytest.fixture(scope="module")

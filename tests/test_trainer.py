@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE_HP = {"lr": 1e-3, "epochs": 2, "batch_size": 16, "micro_batch_size": 4, "warmup_ratio": 0.1, "weight_decay": 0.0,
            "max_grad_norm": 1.0, "adam_betas": [0.9, 0.999], "adam_eps": 1e-8, "schedule": "cosine",
            "dtype": "float32", "max_length": 128, "max_prompt_length": 64, "prompt_format": None, "lora": None,
-           "checkpoint_every": 0, "keep_checkpoints": 1, "seed": 7}
+           "checkpoint_every": 0, "keep_checkpoints": 1, "precision": "mixed", "gradient_checkpointing": False,
+           "attn_implementation": None, "seed": 7}
 METHOD_HP = {
     "dpo": {"beta": 0.1},
     "kto": {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
@@ -34,6 +35,10 @@ def hp_for(method, **extra):
 
 
 def run_train(model, data, outdir, hp, *extra):
+    """One training run in this process (a fresh accelerate state: each run sets its own precision)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
     train.main(["--params", json.dumps(hp), "--run", "t", "--model", model, "--data", data,
                 "--outdir", str(outdir), *extra])
     return [json.loads(line) for line in (Path(outdir) / "train_log.jsonl").read_text().splitlines()]
@@ -189,7 +194,7 @@ def test_two_processes_reach_the_weights_of_one(tiny_world, tmp_path, method):
     hp = hp_for(method)
     ref = ["--ref-model", model] if METHODS[method].needs_ref else []
     base = ["--params", json.dumps(hp), "--run", "t", "--model", model, "--data", data, *ref]
-    train.main([*base, "--outdir", str(tmp_path / "one")])
+    run_train(model, data, tmp_path / "one", hp, *ref)
     _launch_two_processes([*base, "--outdir", str(tmp_path / "two")], tmp_path)
     one = load_file(str(tmp_path / "one/model/model.safetensors"))
     two = load_file(str(tmp_path / "two/model/model.safetensors"))
@@ -294,3 +299,53 @@ def test_data_with_too_few_negatives_is_refused_by_id_and_line(tiny_world, tmp_p
                                          r"run 't' \(dft, m=2, epochs=4, sample=True\) needs 8"):
         run_train(model, data, tmp_path / "out", hp, "--ref-model", model)
     assert not (tmp_path / "out").exists()
+
+
+def _update(outdir, initial) -> torch.Tensor:
+    """Trained minus initial weights, the initial ones as loaded in the saved dtype."""
+    trained = load_file(str(Path(outdir) / "model/model.safetensors"))
+    return torch.cat([(trained[n].double() - initial[n].to(trained[n].dtype).double()).flatten() for n in initial])
+
+
+def test_bf16_mixed_moves_the_weights_like_float32_and_pure_bf16_does_not(tiny_world, tmp_path):
+    """At the recipes' learning rate (1e-6), bf16 mixed (autocast over float32 master weights and
+    AdamW state) moves the weights as float32 does; pure bf16 rounds most updates away."""
+    model, data = tiny_world
+    initial = load_file(str(Path(model) / "model.safetensors"))
+    updates = {}
+    for name, extra in {"fp32": {}, "mixed": {"dtype": "bfloat16"},
+                        "pure": {"dtype": "bfloat16", "precision": "pure"}}.items():
+        run_train(model, data, tmp_path / name, hp_for("sft", lr=1e-6, **extra))
+        updates[name] = _update(tmp_path / name, initial)
+    saved = load_file(str(tmp_path / "mixed/model/model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}  # the master weights are saved
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(updates["mixed"], updates["fp32"], 0) > 0.99
+    assert 0.95 < (updates["mixed"].norm() / updates["fp32"].norm()).item() < 1.05
+    moved = {name: (u != 0).double().mean().item() for name, u in updates.items()}
+    assert moved["pure"] < 0.5 * moved["fp32"], moved
+
+
+def test_gradient_checkpointing_trains_like_the_shared_prompt_forward(tiny_world, tmp_path, monkeypatch):
+    """Checkpointed layers (recomputed in the backward: counted) keep no KV cache: the flat forward then
+    computes each row whole, to the same losses and weights."""
+    import transformers.modeling_utils
+
+    model, data = tiny_world
+    plain = run_train(model, data, tmp_path / "plain", hp_for("dft"), "--ref-model", model)
+    calls = []
+    checkpoint = transformers.modeling_utils.checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counted)
+    checkpointed = run_train(model, data, tmp_path / "ckpt", hp_for("dft", gradient_checkpointing=True),
+                             "--ref-model", model)
+    assert len(calls) == 6 * 4 * 2 and all(c["use_reentrant"] is False for c in calls)  # steps x micro x layers
+    for a, b in zip(plain, checkpointed):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-4)  # float32 sums of ~100 log-probs
+    one, two = (load_file(str(tmp_path / d / "model/model.safetensors")) for d in ("plain", "ckpt"))
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5)

@@ -16,7 +16,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from .models import load_model, load_tokenizer
+from .models import default_device, load_model, load_tokenizer
 
 BACKENDS = ("hf", "vllm")
 
@@ -76,8 +76,7 @@ class HFBackend:
     def __init__(self, model: str, revision: str | None, dtype: str, batch_size: int, trust_remote_code: bool = False):
         self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
         self.model = load_model(model, revision, dtype, trust_remote_code)
-        self.model.eval()
-        self.model.to("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(default_device()).eval()
         self.batch_size = batch_size
         eos = self.model.generation_config.eos_token_id  # chat models may end turns with another token
         self.eos_ids = [self.tokenizer.eos_token_id] + [e for e in (eos if isinstance(eos, list) else [eos])

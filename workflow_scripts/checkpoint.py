@@ -1,9 +1,10 @@
 """Training checkpoints: everything a killed run needs to end with the same weights as an uninterrupted one.
 
 `<outdir>/checkpoints/step<N>/` holds accelerate's state (model as safetensors, optimizer,
-scheduler, RNG states; DeepSpeed shards on the cluster), `trainer_state.json` (step, the
-training log so far, and the fingerprint of the run's inputs) and `method_state.safetensors`
-(DFT's per-example u and visited mask). A checkpoint is written to a temporary folder and
+scheduler, RNG states; DeepSpeed's ZeRO shards under DeepSpeed), `trainer_state.json` (step,
+the training log so far, and the fingerprint of the run's inputs) and one
+`method_state.rank<R>.safetensors` per process (DFT's per-example u and visited mask: within an
+epoch each process updates the examples it saw, and the processes average them at its end). A checkpoint is written to a temporary folder and
 renamed when whole; one whose fingerprint differs from the run's (changed hyper-parameters,
 data or model) is never resumed from.
 """
@@ -51,8 +52,9 @@ def save(accelerator, outdir: str, step: int, trainer_state: dict, method_state:
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    save_file({k: v.contiguous() for k, v in method_state.items()}, str(_method_state_file(tmp, accelerator)))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in method_state.items()}, str(tmp / "method_state.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps({**trainer_state, "step": step}, sort_keys=True))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -66,7 +68,11 @@ def save(accelerator, outdir: str, step: int, trainer_state: dict, method_state:
 def load(accelerator, path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Restore accelerate's state from `path`; return (trainer_state, method_state)."""
     accelerator.load_state(str(path))
-    return json.loads((path / "trainer_state.json").read_text()), load_file(str(path / "method_state.safetensors"))
+    return json.loads((path / "trainer_state.json").read_text()), load_file(str(_method_state_file(path, accelerator)))
+
+
+def _method_state_file(folder: Path, accelerator) -> Path:
+    return folder / f"method_state.rank{accelerator.process_index}.safetensors"
 
 
 def remove_all(accelerator, outdir: str) -> None:

@@ -13,7 +13,8 @@ import yaml
 NAME = re.compile(r"^[A-Za-z0-9_]+$")
 COMMON_KEYS = ["method", "lr", "epochs", "batch_size", "micro_batch_size", "warmup_ratio", "weight_decay",
                "max_grad_norm", "adam_betas", "adam_eps", "schedule", "dtype", "max_length", "max_prompt_length",
-               "prompt_format", "over_long_prompts", "lora", "checkpoint_every", "keep_checkpoints"]
+               "prompt_format", "over_long_prompts", "lora", "checkpoint_every", "keep_checkpoints", "precision",
+               "gradient_checkpointing", "attn_implementation"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,10 @@ def check_references(config: dict) -> None:
             need(f"runs.{name}.ref", r["ref"], models, "model")
         if r["max_prompt_length"] >= r["max_length"]:
             raise ConfigError(f"config error at runs.{name}: max_prompt_length must be below max_length")
+        if r["precision"] == "pure" and (r["deepspeed"] or r["dtype"] == "float32"):
+            raise ConfigError(f"config error at runs.{name}.precision: 'pure' keeps the weights in a half dtype "
+                              f"without float32 masters; it needs dtype bfloat16 or float16 and no DeepSpeed "
+                              f"(DeepSpeed's bf16 / fp16 modes always keep float32 masters)")
         if r["batch_size"] % (r["micro_batch_size"] * r["processes"]):
             raise ConfigError(f"config error at runs.{name}.batch_size: {r['batch_size']} is not a multiple of "
                               f"micro_batch_size {r['micro_batch_size']} x processes {r['processes']}")

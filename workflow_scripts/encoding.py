@@ -240,16 +240,17 @@ def _shared_prompt_logps(model, examples: list[Example], pad_id: int):
     return flat * mask, mask, batch["input_ids"].to(device)
 
 
-def forward_logps(model, examples: list[Example], pad_id: int) -> Forward:
+def forward_logps(model, examples: list[Example], pad_id: int, share_prompts: bool = True) -> Forward:
     """One pass over [chosen; neg_1; ...; neg_m] of the micro-batch, each prompt computed once when
-    all its rows share it (see `_shared_prompt_logps`); KTO's mismatched rows, which only enter the
-    detached KL estimate, go through a second forward without autograd."""
+    `share_prompts` and all its rows share it (see `_shared_prompt_logps`; a gradient-checkpointed
+    model keeps no KV cache, so it takes the flat forward); KTO's mismatched rows, which only enter
+    the detached KL estimate, go through a second forward without autograd."""
     b, k = len(examples), len(examples[0].rows)
 
     def grid(x, cols):  # rows ordered column-major [col0 of all examples; col1; ...] -> [B, cols, ...]
         return x.view(cols, b, *x.shape[1:]).transpose(0, 1)
 
-    if k > 1 and all(shared_prompt(e.rows) for e in examples):
+    if share_prompts and k > 1 and all(shared_prompt(e.rows) for e in examples):
         logps, mask, ids = _shared_prompt_logps(model, examples, pad_id)
     else:
         logps, mask, ids = _rows_logps(model, [e.rows[j] for j in range(k) for e in examples], pad_id)

@@ -56,8 +56,16 @@ def load_tokenizer(model: str, revision: str | None = None, trust_remote_code: b
     return tok
 
 
-def load_model(model: str, revision: str | None = None, dtype: str = "float32", trust_remote_code: bool = False):
+def default_device() -> str:
+    """Where a stage puts the model it loads: the job's GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(model: str, revision: str | None = None, dtype: str = "float32", trust_remote_code: bool = False,
+               attn_implementation: str | None = None):
+    """A causal LM in `dtype`; `attn_implementation` eager / sdpa / flash_attention_2 (None: transformers' choice)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=getattr(torch, dtype),
-                                                trust_remote_code=trust_remote_code)
+                                                trust_remote_code=trust_remote_code,
+                                                attn_implementation=attn_implementation)

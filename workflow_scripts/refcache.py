@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .data import read_pairs
 from .encoding import encode_examples, forward_logps
 from .io import InputError, atomic_path, read_json, run_cli, sha256_file, write_json
-from .models import load_model, load_tokenizer, tokenizer_digest, weights_digest
+from .models import default_device, load_model, load_tokenizer, tokenizer_digest, weights_digest
 
 SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "token_level", "kl_pairs")
 
@@ -35,8 +35,9 @@ def build(model_path: str, revision: str | None, data: str, settings: dict, batc
     """Summed reference log-probs [N, 1 + k] of (chosen, every negative); with `token_level` also the
     per-token values of every response (flat, row-major), with `kl_pairs` KTO's mismatched rows."""
     tokenizer = load_tokenizer(model_path, revision, trust_remote_code)
-    model = load_model(model_path, revision, settings.get("dtype", "float32"), trust_remote_code)
-    model.eval()
+    model = load_model(model_path, revision, settings.get("dtype", "float32"), trust_remote_code,
+                       settings.get("attn_implementation"))
+    model.to(default_device()).eval()
     k = settings["negatives"]
     records = read_pairs(data, k, "the runs reading this reference cache")
     examples, n_truncated = encode_examples(tokenizer, records, list(range(k)), settings,

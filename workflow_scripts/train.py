@@ -1,4 +1,5 @@
-"""The one trainer: every method of `losses.METHODS`, single or multi-process through accelerate.
+"""The one trainer: every method of `losses.METHODS`, single or multi-process through accelerate
+(DDP or DeepSpeed ZeRO-2/3; processes and precision are set up by `distributed`).
 
 The global batch is the recipe's whatever the process count: each optimizer step takes
 `batch_size` examples, split into micro-batches of `micro_batch_size` over the processes, with
@@ -17,10 +18,8 @@ import os
 import signal
 import sys
 import tempfile
-from contextlib import nullcontext
 
 import torch
-from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
@@ -28,6 +27,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from . import checkpoint
 from .bmc import edit_masks, stopword_ids
 from .data import read_pairs
+from .distributed import make_accelerator, precision, prepare_reference, start_processes
 from .encoding import encode_examples, forward_logps
 from .io import InputError, atomic_path, run_cli, sha256_file, write_json
 from .config import METHODS, negative_columns, negatives_required, refcache_settings
@@ -50,9 +50,11 @@ def plan_batches(n_examples: int, hp: dict, world: int) -> tuple[int, int]:
 
 
 def load_policy(args, hp: dict):
-    """The run's model: plain, or 4-bit NF4 for QLoRA (double quantisation, bf16 compute; GPU only)."""
+    """The run's model: plain (in float32 when training mixed), or 4-bit NF4 for QLoRA (double
+    quantisation, bf16 compute; GPU only)."""
     if not (hp.get("lora") or {}).get("load_in_4bit"):
-        return load_model(args.model, args.revision, hp["dtype"], args.trust_remote_code)
+        return load_model(args.model, args.revision, precision(hp)[0], args.trust_remote_code,
+                          hp["attn_implementation"])
     if not torch.cuda.is_available():
         raise ValueError(f"run '{args.run}': lora.load_in_4bit (QLoRA, bitsandbytes) needs a GPU; "
                          "set it to false on CPU")
@@ -61,7 +63,8 @@ def load_policy(args, hp: dict):
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(args.model, revision=args.revision, quantization_config=quantization,
-                                                 dtype=torch.bfloat16, trust_remote_code=args.trust_remote_code)
+                                                 dtype=torch.bfloat16, trust_remote_code=args.trust_remote_code,
+                                                 attn_implementation=hp["attn_implementation"])
     return prepare_model_for_kbit_training(model)
 
 
@@ -84,21 +87,42 @@ def merged_lora(model, args, hp: dict):
         return PeftModel.from_pretrained(base, adapter).merge_and_unload()
 
 
+def _prepared_policy(accelerator, args, hp: dict, total_steps: int):
+    """The policy (LoRA-wrapped, checkpointed as the run says), AdamW and the schedule, prepared."""
+    model = load_policy(args, hp)
+    if hp["gradient_checkpointing"]:  # the recipes' setting: recompute each layer in the backward pass
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if hp.get("lora"):
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError(f"run '{args.run}': LoRA adapters are trained without DeepSpeed (the DPO-LoRA recipe "
+                             "uses one GPU); drop `deepspeed` for this run")
+        model = apply_lora(model, hp["lora"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp["lr"],
+                                  betas=tuple(hp["adam_betas"]), eps=hp["adam_eps"], weight_decay=hp["weight_decay"])
+    warmup = math.ceil(hp["warmup_ratio"] * total_steps)
+    scheduler = SCHEDULES[hp["schedule"]](optimizer, warmup,
+                                          **({"num_training_steps": total_steps} if hp["schedule"] == "cosine" else {}))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()  # from_pretrained leaves a model in eval mode, where checkpointing is off
+    return model, optimizer, scheduler
+
+
 class Reference:
     """Reference log-probs of a micro-batch: from the cache, a live model, or the policy without adapters."""
 
-    def __init__(self, args, hp: dict, method, device, policy):
+    def __init__(self, args, hp: dict, method, accelerator, policy):
         self.method, self.cache, self.model, self.policy = method, None, None, None
         if args.refcache:
             expected = expected_digests(args.ref_model, args.ref_revision, args.data, refcache_settings(hp))
             self.cache = RefCache(args.refcache, expected)
         elif hp.get("lora") and args.ref_model == args.model and args.ref_revision == args.revision:
-            self.policy = policy  # reference = the same base with the adapters disabled
+            self.policy = accelerator.unwrap_model(policy)  # the same base with the adapters disabled
         else:
-            self.model = load_model(args.ref_model, args.ref_revision, hp["dtype"],
-                                    args.trust_remote_code).to(device).eval()
+            model = load_model(args.ref_model, args.ref_revision, hp["dtype"], args.trust_remote_code,
+                               hp["attn_implementation"])
+            self.model = prepare_reference(model, accelerator)
 
-    def fill(self, batch: Batch, chunk, columns, pad_id) -> None:
+    def fill(self, batch: Batch, chunk, columns, pad_id, share_prompts: bool) -> None:
         if self.cache is not None:
             ids = [e.id for e in chunk]
             device, dtype = batch.logps.device, batch.logps.dtype
@@ -110,7 +134,7 @@ class Reference:
         with torch.no_grad():
             if self.policy is not None:
                 with self.policy.disable_adapter():
-                    out = forward_logps(self.policy, chunk, pad_id)
+                    out = forward_logps(self.policy, chunk, pad_id, share_prompts)
             else:
                 out = forward_logps(self.model, chunk, pad_id)
         batch.ref_logps = out.logps if self.method.token_ref else out.logps.sum(-1)
@@ -130,8 +154,7 @@ class Preemption:
 
 
 def train(args, hp: dict) -> None:
-    cpu = not torch.cuda.is_available()  # on CPU, processes talk over gloo (accelerate's MULTI_CPU)
-    world = PartialState(cpu=cpu).num_processes
+    world = start_processes().num_processes
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != world:
         raise RuntimeError(f"the launcher started {launched} processes but accelerate sees {world}")
@@ -142,29 +165,15 @@ def train(args, hp: dict) -> None:
     accum, steps_per_epoch = plan_batches(len(records), hp, world)
     if steps_per_epoch == 0:
         raise InputError(args.data, f"{len(records)} examples are fewer than one batch of {hp['batch_size']}")
-    # DeepSpeed's "auto" clipping takes the run's value; the engine then clips, not clip_grad_norm_
-    os.environ["ACCELERATE_GRADIENT_CLIPPING"] = str(hp["max_grad_norm"])
-    # the schedule counts optimizer steps of the global batch: accelerate must not step it once per process
-    accelerator = Accelerator(cpu=cpu, gradient_accumulation_steps=accum, step_scheduler_with_optimizer=False)
+    accelerator = make_accelerator(hp, accum)
     rank = accelerator.process_index
     set_seed(hp["seed"])
     total_steps = steps_per_epoch * hp["epochs"]
     tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
-    model = load_policy(args, hp)
-    if hp.get("lora"):
-        if accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise ValueError(f"run '{args.run}': LoRA adapters are trained without DeepSpeed (the DPO-LoRA recipe "
-                             "uses one GPU); drop `deepspeed` for this run")
-        model = apply_lora(model, hp["lora"])
-    reference = Reference(args, hp, method, accelerator.device, model) if method.needs_ref else None
+    model, optimizer, scheduler = _prepared_policy(accelerator, args, hp, total_steps)
+    reference = Reference(args, hp, method, accelerator, model) if method.needs_ref else None
     stopwords = stopword_ids(tokenizer) if method.edit_mask else None
-
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp["lr"],
-                                  betas=tuple(hp["adam_betas"]), eps=hp["adam_eps"], weight_decay=hp["weight_decay"])
-    scheduler = SCHEDULES[hp["schedule"]](optimizer, math.ceil(hp["warmup_ratio"] * total_steps),
-                                          **({"num_training_steps": total_steps} if hp["schedule"] == "cosine" else {}))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    model.train()
+    share_prompts = not hp["gradient_checkpointing"]  # checkpointed layers keep no KV cache to share
     slot = {r["id"]: i for i, r in enumerate(records)}
     method_state = {"u": torch.zeros(len(records), dtype=torch.float64),
                     "visited": torch.zeros(len(records), dtype=torch.float64)}
@@ -196,9 +205,10 @@ def train(args, hp: dict) -> None:
             totals: dict[str, float] = {}
             for k in range(accum):
                 chunk = [examples[i] for i in mine[k * micro: (k + 1) * micro]]
-                with accelerator.no_sync(model) if k < accum - 1 else nullcontext():
+                # syncs (DDP) and steps (DeepSpeed's engine) at the last micro-batch of the step only
+                with accelerator.accumulate(model):
                     out = _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, slot,
-                                      tokenizer.pad_token_id, stopwords)
+                                      tokenizer.pad_token_id, stopwords, share_prompts)
                     # weight of this micro-batch in the global mean; accelerate (or the DeepSpeed engine)
                     # divides by gradient_accumulation_steps itself, and DDP averages over processes
                     accelerator.backward(out.loss * len(chunk) * world * accum / len(batch))
@@ -222,7 +232,7 @@ def train(args, hp: dict) -> None:
             if step < total_steps and (stop or (every and step % every == 0)):
                 checkpoint.save(accelerator, args.outdir, step, {
                     "fingerprint": run_fingerprint, "log": log, "responses_truncated": n_truncated},
-                    {"u": u, "visited": visited}, keep=hp.get("keep_checkpoints", 1))
+                    {"u": u, "visited": visited}, keep=hp["keep_checkpoints"])
             if stop:
                 bar.close()
                 accelerator.print(f"preempted: checkpoint at step {step} saved; exiting for requeue")
@@ -237,7 +247,7 @@ def train(args, hp: dict) -> None:
         unwrapped = merged_lora(unwrapped, args, hp)
     if accelerator.is_main_process:
         _save(unwrapped, state_dict, tokenizer, log, args, hp, inputs, {
-            "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+            "distributed_type": str(accelerator.distributed_type).split(".")[-1], "device": str(accelerator.device),
             "world_size": world, "gradient_accumulation_steps": accum, "effective_global_batch": hp["batch_size"],
             "optimizer_steps": total_steps, "examples_per_epoch": steps_per_epoch * hp["batch_size"],
             "examples_dropped_per_epoch": len(records) - steps_per_epoch * hp["batch_size"],
@@ -253,13 +263,14 @@ def _agree(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
 
 
-def _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, slot, pad_id, stopwords):
-    fwd = forward_logps(model, chunk, pad_id)
+def _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, slot, pad_id, stopwords,
+                share_prompts):
+    fwd = forward_logps(model, chunk, pad_id, share_prompts)
     batch = Batch(fwd.logps, fwd.mask)
     if chunk[0].label is not None:
         batch.labels = torch.tensor([e.label for e in chunk])
     if reference is not None:
-        reference.fill(batch, chunk, columns, pad_id)
+        reference.fill(batch, chunk, columns, pad_id, share_prompts)
     if method.edit_mask:
         batch.edit_mask = edit_masks(fwd.input_ids, stopwords)
     state = None
