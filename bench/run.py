@@ -18,6 +18,7 @@ from workflow_scripts.models import load_model
 
 from .common import ROOT, machine, make_world
 from .kernels import loss_memory, matmul_parameters, peak_matmul_flops
+from .precision import precision_and_checkpointing, real_model
 from .trainer import BASE, cached_vs_live, dft_throughput, dpo_vs_trl
 from .workflow import embedded_default, planning
 
@@ -71,6 +72,15 @@ def table(r: dict) -> str:
     for backend, g in r["generation"].items():
         value = g.get("skipped") or f"{g['tokens_per_s']:.0f} tokens/s ({g['requests']} requests)"
         rows.append((f"generation {backend}", value, "", ""))
+    pc = r["precision"]
+    for name, v in pc["variants"].items():
+        rows.append((f"{pc['model']} DPO step {name}", f"{v['step_s']:.2f} s, step peak {v['step_peak_bytes'] / 2**20:.0f} MiB",
+                     "", ""))
+    rows.append(("bf16 mixed / fp32 step time", f"{pc['bf16_over_fp32_step_time']:.2f}x (CPU bf16 units: "
+                 f"{', '.join(pc['cpu_bf16_units']) or 'none'})", "<= 0.6x where the CPU has bf16 units",
+                 pc["goals"]["bf16 mixed step <= 0.6x fp32 (CPUs with bf16 units)"]))
+    rows.append(("step peak: checkpointing / plain", f"{pc['checkpointing_over_plain_step_peak']:.2f}x", "<= 0.5x",
+                 pc["goals"]["activations with checkpointing <= 0.5x"]))
     p = r["planning"]
     big = p["configs"][p["largest"]]
     rows.append((f"planning experiments/{p['largest']}.yaml", f"{big['jobs']} jobs in {big['seconds']:.1f} s", "< 10 s",
@@ -101,6 +111,7 @@ def main() -> None:
         results["flop_utilisation"] = flop_utilisation(model, results["dpo_vs_trl"]["ours"], peak_matmul_flops())
         results["reference"] = cached_vs_live(model, data)
         results["generation"] = generation(model, data)
+        results["precision"] = precision_and_checkpointing(real_model(Path(tmp)) or model, data)
     results["loss_memory"] = loss_memory()
     results["planning"] = planning()
     if not args.skip_default:

