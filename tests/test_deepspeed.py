@@ -65,10 +65,11 @@ def weights(outdir) -> dict[str, torch.Tensor]:
     return load_file(str(Path(outdir) / "model/model.safetensors"))
 
 
-@pytest.mark.parametrize("method,deepspeed", [("dft", "deepspeed_zero3"), ("dpo", "deepspeed_zero2")])
+@pytest.mark.parametrize("method,deepspeed", [("dft", "deepspeed_zero3"), ("dpo", "deepspeed_zero3"),
+                                              ("dpo", "deepspeed_zero2")])
 def test_deepspeed_reaches_the_weights_of_one_process(tiny_world, tmp_path, method, deepspeed):
-    """float32, global batch 16: 1 process x 4 accumulation x 4 vs 2 DeepSpeed processes x 2 x 4 (DPO
-    under ZeRO-3 is the bf16 test below and the paper runs in miniature)."""
+    """float32, global batch 16: 1 process x 4 accumulation x 4 vs 2 DeepSpeed processes x 2 x 4, with a
+    live reference (sharded like the policy under ZeRO-3)."""
     from transformers import AutoModelForCausalLM
 
     model, data = tiny_world

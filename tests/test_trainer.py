@@ -186,12 +186,12 @@ def _launch_two_processes(args, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", ["dft", "dpo"])
-def test_two_processes_reach_the_weights_of_one(tiny_world, tmp_path, method):
+@pytest.mark.parametrize("method,dtype", [("dft", "float32"), ("dpo", "float32"), ("dpo", "bfloat16")])
+def test_two_processes_reach_the_weights_of_one(tiny_world, tmp_path, method, dtype):
     """Same global batch (16): 1 process x 4 accumulation x 4 vs 2 processes x 2 x 4; DFT's u is
-    averaged over processes at each epoch end."""
+    averaged over processes at each epoch end; bf16 mixed alike (the same micro-batches autocast)."""
     model, data = tiny_world
-    hp = hp_for(method)
+    hp = hp_for(method, dtype=dtype)
     ref = ["--ref-model", model] if METHODS[method].needs_ref else []
     base = ["--params", json.dumps(hp), "--run", "t", "--model", model, "--data", data, *ref]
     run_train(model, data, tmp_path / "one", hp, *ref)
