@@ -4,8 +4,8 @@
 scheduler, RNG states; DeepSpeed's ZeRO shards under DeepSpeed), `trainer_state.json` (step,
 the training log so far, and the fingerprint of the run's inputs) and one
 `method_state.rank<R>.safetensors` per process (DFT's per-example u and visited mask: within an
-epoch each process updates the examples it saw, and the processes average them at its end). A checkpoint is written to a temporary folder and
-renamed when whole; one whose fingerprint differs from the run's (changed hyper-parameters,
+epoch each process updates the examples it saw, and the processes average them at its end). A
+checkpoint is written to a temporary folder and renamed when whole; one whose fingerprint differs from the run's (changed hyper-parameters,
 data or model) is never resumed from.
 """
 from __future__ import annotations

@@ -46,11 +46,12 @@ def build(model_path: str, revision: str | None, data: str, settings: dict, batc
     with torch.inference_mode():
         for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", mininterval=5):
             out = forward_logps(model, examples[start: start + batch_size], tokenizer.pad_token_id)
-            sums.append(out.logps.sum(-1).double()), counts.append(out.mask.sum(-1))
+            # gathered on the host batch by batch (the model may sit on a GPU)
+            sums.append(out.logps.sum(-1).double().cpu()), counts.append(out.mask.sum(-1).cpu())
             if settings.get("token_level"):
-                flat.append(out.logps[out.mask].float())
+                flat.append(out.logps[out.mask].float().cpu())
             if out.kl_logps is not None:
-                kl.append(out.kl_logps.double())
+                kl.append(out.kl_logps.double().cpu())
     tensors = {"sums": torch.cat(sums), "token_counts": torch.cat(counts).long()}
     if flat:
         tensors["token_logps"] = torch.cat(flat)
