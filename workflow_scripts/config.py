@@ -161,13 +161,7 @@ def check_references(config: dict) -> None:
             need(f"runs.{name}.ref", r["ref"], models, "model")
         if r["max_prompt_length"] >= r["max_length"]:
             raise ConfigError(f"config error at runs.{name}: max_prompt_length must be below max_length")
-        if r["precision"] == "pure" and (r["deepspeed"] or r["dtype"] == "float32"):
-            raise ConfigError(f"config error at runs.{name}.precision: 'pure' keeps the weights in a half dtype "
-                              f"without float32 masters; it needs dtype bfloat16 or float16 and no DeepSpeed "
-                              f"(DeepSpeed's bf16 / fp16 modes always keep float32 masters)")
-        if r["batch_size"] % (r["micro_batch_size"] * r["processes"]):
-            raise ConfigError(f"config error at runs.{name}.batch_size: {r['batch_size']} is not a multiple of "
-                              f"micro_batch_size {r['micro_batch_size']} x processes {r['processes']}")
+        _check_training_shape(name, r)
         if is_unpaired(config, r["data"]):
             if r["method"] != "kto":
                 raise ConfigError(f"config error at runs.{name}.data: '{r['data']}' is unpaired (labelled single "
@@ -253,6 +247,17 @@ def _check_eval(name: str, e: dict, config: dict, need) -> None:
         if e["kind"] == "pairwise" and e["difficulty_file"]:
             raise ConfigError(f"config error at evals.{name}.difficulty_file: the length-controlled win rate is "
                               "an alpaca_eval metric")
+
+
+def _check_training_shape(name: str, r: dict) -> None:
+    """Precision and batch settings a run's processes can honour."""
+    if r["precision"] == "pure" and (r["deepspeed"] or r["dtype"] == "float32"):
+        raise ConfigError(f"config error at runs.{name}.precision: 'pure' keeps the weights in a half dtype "
+                          f"without float32 masters; it needs dtype bfloat16 or float16 and no DeepSpeed "
+                          f"(DeepSpeed's bf16 / fp16 modes always keep float32 masters)")
+    if r["batch_size"] % (r["micro_batch_size"] * r["processes"]):
+        raise ConfigError(f"config error at runs.{name}.batch_size: {r['batch_size']} is not a multiple of "
+                          f"micro_batch_size {r['micro_batch_size']} x processes {r['processes']}")
 
 
 def _check_negatives(name: str, r: dict, config: dict) -> None:

@@ -1,4 +1,4 @@
-"""Training losses as pure functions of per-token log-probs and masks (METHODS.md).
+"""Training losses as pure functions of per-token log-probs and masks (formulas in each docstring).
 
 Every loss takes a `Batch` (the policy's per-token log-probs of the label tokens and the response
 masks, shaped [B, K, T] with K = 1 + negatives, column 0 the chosen response; the reference's

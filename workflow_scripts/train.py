@@ -202,21 +202,10 @@ def train(args, hp: dict) -> None:
             batch = order[s * hp["batch_size"]: (s + 1) * hp["batch_size"]]
             micro = hp["micro_batch_size"]
             mine = batch[rank * accum * micro: (rank + 1) * accum * micro]
-            totals: dict[str, float] = {}
-            for k in range(accum):
-                chunk = [examples[i] for i in mine[k * micro: (k + 1) * micro]]
-                # syncs (DDP) and steps (DeepSpeed's engine) at the last micro-batch of the step only
-                with accelerator.accumulate(model):
-                    out = _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, slot,
-                                      tokenizer.pad_token_id, stopwords, share_prompts)
-                    # weight of this micro-batch in the global mean; accelerate (or the DeepSpeed engine)
-                    # divides by gradient_accumulation_steps itself, and DDP averages over processes
-                    accelerator.backward(out.loss * len(chunk) * world * accum / len(batch))
-                for key, value in {"loss": out.loss.item(), **out.metrics}.items():
-                    totals[key] = totals.get(key, 0.0) + value / accum
-                if method.stateful:
-                    idx = torch.tensor([slot[e.id] for e in chunk])
-                    u[idx], visited[idx] = out.state.double().cpu(), 1.0
+            chunks = [[examples[i] for i in mine[k * micro: (k + 1) * micro]] for k in range(accum)]
+            totals = _accumulate(accelerator, model, chunks, len(batch), world, lambda chunk: _micro_step(
+                accelerator, model, chunk, columns, method, hp, reference, u, visited, slot, tokenizer.pad_token_id,
+                stopwords, share_prompts))
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), hp["max_grad_norm"])
             optimizer.step(), scheduler.step(), optimizer.zero_grad()
             step += 1
@@ -238,7 +227,16 @@ def train(args, hp: dict) -> None:
                 accelerator.print(f"preempted: checkpoint at step {step} saved; exiting for requeue")
                 sys.exit(PREEMPTED_EXIT)
     bar.close()
+    _finish(accelerator, model, tokenizer, log, args, hp, inputs, {
+        "distributed_type": str(accelerator.distributed_type).split(".")[-1], "device": str(accelerator.device),
+        "world_size": world, "gradient_accumulation_steps": accum, "effective_global_batch": hp["batch_size"],
+        "optimizer_steps": total_steps, "examples_per_epoch": steps_per_epoch * hp["batch_size"],
+        "examples_dropped_per_epoch": len(records) - steps_per_epoch * hp["batch_size"],
+        "responses_truncated": n_truncated, "resumed_from_step": int(resume_from.name[4:]) if resume_from else None})
 
+
+def _finish(accelerator, model, tokenizer, log, args, hp, inputs, batching) -> None:
+    """Save the whole model (ZeRO-3 partitions gathered, LoRA merged) and the run's records; drop checkpoints."""
     state_dict = None
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -246,14 +244,25 @@ def train(args, hp: dict) -> None:
     elif hp.get("lora") and accelerator.is_main_process:
         unwrapped = merged_lora(unwrapped, args, hp)
     if accelerator.is_main_process:
-        _save(unwrapped, state_dict, tokenizer, log, args, hp, inputs, {
-            "distributed_type": str(accelerator.distributed_type).split(".")[-1], "device": str(accelerator.device),
-            "world_size": world, "gradient_accumulation_steps": accum, "effective_global_batch": hp["batch_size"],
-            "optimizer_steps": total_steps, "examples_per_epoch": steps_per_epoch * hp["batch_size"],
-            "examples_dropped_per_epoch": len(records) - steps_per_epoch * hp["batch_size"],
-            "responses_truncated": n_truncated, "resumed_from_step": int(resume_from.name[4:]) if resume_from else None})
+        _save(unwrapped, state_dict, tokenizer, log, args, hp, inputs, batching)
     accelerator.wait_for_everyone()
     checkpoint.remove_all(accelerator, args.outdir)
+
+
+def _accumulate(accelerator, model, chunks, batch_size: int, world: int, micro_step) -> dict[str, float]:
+    """Forward and backward of this process's micro-batches of one optimizer step; their mean metrics.
+    `micro_step(chunk)` returns the loss output (and updates a stateful method's per-example state)."""
+    totals: dict[str, float] = {}
+    for chunk in chunks:
+        # syncs (DDP) and steps (DeepSpeed's engine) at the last micro-batch of the step only
+        with accelerator.accumulate(model):
+            out = micro_step(chunk)
+            # weight of this micro-batch in the global mean; accelerate (or the DeepSpeed engine)
+            # divides by gradient_accumulation_steps itself, and DDP averages over processes
+            accelerator.backward(out.loss * len(chunk) * world * len(chunks) / batch_size)
+        for key, value in {"loss": out.loss.item(), **out.metrics}.items():
+            totals[key] = totals.get(key, 0.0) + value / len(chunks)
+    return totals
 
 
 def _agree(accelerator, flag: bool) -> bool:
@@ -263,7 +272,7 @@ def _agree(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
 
 
-def _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, slot, pad_id, stopwords,
+def _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, visited, slot, pad_id, stopwords,
                 share_prompts):
     fwd = forward_logps(model, chunk, pad_id, share_prompts)
     batch = Batch(fwd.logps, fwd.mask)
@@ -278,8 +287,12 @@ def _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, sl
         batch.kl_logps = fwd.kl_logps
         state = accelerator.reduce(kto_kl(batch), "mean")  # TRL: gathered over processes, then clamped
     elif method.stateful:
-        state = u[torch.tensor([slot[e.id] for e in chunk])].to(fwd.logps.device, fwd.logps.dtype)
-    return LOSSES[hp["method"]](batch, hp, state)
+        idx = torch.tensor([slot[e.id] for e in chunk])
+        state = u[idx].to(fwd.logps.device, fwd.logps.dtype)
+    out = LOSSES[hp["method"]](batch, hp, state)
+    if method.stateful:  # this process's examples get their new u (averaged over processes at epoch end)
+        u[idx], visited[idx] = out.state.double().cpu(), 1.0
+    return out
 
 
 def _average_state(accelerator, u: torch.Tensor, visited: torch.Tensor, reset: bool) -> None:
