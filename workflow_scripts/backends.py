@@ -73,9 +73,10 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model: str, revision: str | None, dtype: str, batch_size: int, trust_remote_code: bool = False):
+    def __init__(self, model: str, revision: str | None, dtype: str, batch_size: int, trust_remote_code: bool = False,
+                 attn_implementation: str | None = None):
         self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
-        self.model = load_model(model, revision, dtype, trust_remote_code)
+        self.model = load_model(model, revision, dtype, trust_remote_code, attn_implementation)
         self.model.to(default_device()).eval()
         self.batch_size = batch_size
         eos = self.model.generation_config.eos_token_id  # chat models may end turns with another token
@@ -204,7 +205,8 @@ class VLLMBackend:
 def load_backend(name: str, model: str, revision: str | None, p: dict, trust_remote_code: bool = False):
     """The backend named in a generation's config (`p` holds dtype, batch_size, max_model_len...)."""
     if name == "hf":
-        return HFBackend(model, revision, p.get("dtype", "float32"), p["batch_size"], trust_remote_code)
+        return HFBackend(model, revision, p.get("dtype", "float32"), p["batch_size"], trust_remote_code,
+                         p.get("attn_implementation"))
     if name == "vllm":
         return VLLMBackend(model, revision, p.get("dtype", "float32"), p.get("max_model_len"),
                            p.get("gpu_memory_utilization", 0.9), trust_remote_code)

