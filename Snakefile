@@ -1,5 +1,5 @@
 """Post-training methods compared end to end: raw data -> negatives -> reference cache ->
-training -> evaluation -> tables. See README.md and DESIGN.md."""
+training -> evaluation -> tables. See README.md."""
 
 from snakemake.utils import min_version
 

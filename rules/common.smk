@@ -9,10 +9,14 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.
 
 from snakemake.exceptions import WorkflowError
 from workflow_scripts.config import (
-    METHODS, ConfigError, check_config, negatives_required, refcache_settings, run_hyperparameters,
+    METHODS, ConfigError, check_config, check_yaml_file, negatives_required, refcache_settings,
+    run_hyperparameters,
 )
+from workflow_scripts.imports import import_closure
 
 try:
+    for path in workflow.configfiles:
+        check_yaml_file(path)
     check_config(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
@@ -42,9 +46,10 @@ def js(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def script(name):
-    """A stage module, listed as input so that editing it reruns the stage."""
-    return os.path.join(workflow.basedir, "workflow_scripts", f"{name}.py")
+def code(stage):
+    """A stage module and every project module it imports, listed as inputs: editing any of them reruns
+    the stage (and what depends on it), and nothing else."""
+    return [str(path) for path in import_closure(stage)]
 
 
 def model_location(name):
@@ -224,11 +229,14 @@ def bridge_editor(w):
 
 
 def train_inputs(w):
-    inputs = {"script": script("train"), "data": run_data(w.run, w.seed), "model": run_model(w.run, w.seed)[2]}
+    inputs = {"script": code("train"), "data": run_data(w.run, w.seed), "model": run_model(w.run, w.seed)[2]}
+    if config["runs"][w.run]["deepspeed"]:  # its ZeRO stage, offload and precision settings shape the training
+        inputs["deepspeed"] = os.path.join(workflow.basedir, "accelerate", f"{config['runs'][w.run]['deepspeed']}.yaml")
     if METHODS[config["runs"][w.run]["method"]].needs_ref:
         inputs["ref_model"] = run_ref(w.run, w.seed)[2]
-        if uses_refcache(w.run):
+        if uses_refcache(w.run):  # the tensors and the record of their ids and digests, which training reads too
             inputs["refcache"] = f"{R}/refcache/{refcache_name(w.run)}.safetensors"
+            inputs["refcache_meta"] = f"{R}/refcache/{refcache_name(w.run)}.json"
     return inputs
 
 
@@ -254,7 +262,7 @@ def spin_generation_params(w):
 
 
 def eval_inputs(w):
-    inputs = {"script": script("evaluate"), "model": subject_model(w.subject)[2]}
+    inputs = {"script": code("evaluate"), "model": subject_model(w.subject)[2]}
     if config["evals"][w.eval].get("synthetic"):
         inputs["tasks"] = f"{R}/eval_tasks/{w.eval}"
     return inputs
@@ -288,7 +296,7 @@ def head2head_reference(w):
 
 def head2head_inputs(w):
     e = config["evals"][w.eval]
-    inputs = {"script": script("head2head"), "data": answer_set_split(e["answer_set"]),
+    inputs = {"script": code("head2head"), "data": answer_set_split(e["answer_set"]),
               "answers": answers_file(w.subject, e["answer_set"])}
     reference = head2head_reference(w)[1]
     if reference:

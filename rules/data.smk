@@ -1,9 +1,9 @@
-# Data stage: normalise each dataset split to the record schema of DESIGN.md.
+# Data stage: normalise each dataset split to the record schema (README's Artifacts; workflow_scripts/data.py).
 
 
 rule data:
     input:
-        script=script("data"),
+        script=code("data"),
         source=data_source,
     output:
         f"{R}/data/{{dataset}}/{{split}}.jsonl",

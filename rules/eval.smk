@@ -6,7 +6,7 @@
 rule lm_eval_tasks:
     """Task YAMLs for a synthetic split, written by the workflow."""
     input:
-        script=script("lm_eval_tasks"),
+        script=code("lm_eval_tasks"),
         data=lambda w: split_file(config["evals"][w.eval]["synthetic"]["dataset"], config["evals"][w.eval]["synthetic"]["split"]),
     output:
         directory(f"{R}/eval_tasks/{{eval}}"),
@@ -54,7 +54,7 @@ rule evaluate:
 rule answers:
     """One response per prompt of a split from an evaluated model (greedy unless configured)."""
     input:
-        script=script("generate"),
+        script=code("generate"),
         data=lambda w: answer_set_split(w.answer_set),
         model=lambda w: subject_model(w.subject)[2],
     output:
@@ -83,7 +83,7 @@ rule math_eval:
     wildcard_constraints:
         eval=evals_of_kind("math"),
     input:
-        script=script("math_eval"),
+        script=code("math_eval"),
         answers=lambda w: [answers_file(w.subject, a) for a in config["evals"][w.eval]["answer_sets"]],
         data=lambda w: [answer_set_split(a) for a in config["evals"][w.eval]["answer_sets"]],
     output:

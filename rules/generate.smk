@@ -3,7 +3,7 @@
 
 rule generate:
     input:
-        script=script("generate"),
+        script=code("generate"),
         data=lambda w: split_file(config["generations"][w.generation]["dataset"], config["generations"][w.generation]["split"]),
         model=lambda w: model_location(config["generations"][w.generation]["model"])[2],
     output:
@@ -28,7 +28,7 @@ rule generate:
 
 rule merge:
     input:
-        script=script("merge"),
+        script=code("merge"),
         data=lambda w: split_file(config["generations"][w.generation]["dataset"], config["generations"][w.generation]["split"]),
         seeds=lambda w: [f"{R}/generate/{w.generation}/seed{s}.jsonl"
                          for s in config["generations"][w.generation]["seeds"]],

@@ -5,7 +5,7 @@
 
 rule step_controlled_generate:
     input:
-        script=script("step_controlled"),
+        script=code("step_controlled"),
         data=lambda w: split_file(config["step_controlled"][w.pairs]["dataset"], config["step_controlled"][w.pairs]["split"]),
         model=lambda w: model_location(config["step_controlled"][w.pairs]["model"])[2],
     output:
@@ -30,7 +30,7 @@ rule step_controlled_generate:
 
 rule step_controlled_pairs:
     input:
-        script=script("step_controlled"),
+        script=code("step_controlled"),
         data=lambda w: split_file(config["step_controlled"][w.pairs]["dataset"], config["step_controlled"][w.pairs]["split"]),
         seeds=lambda w: [f"{R}/step_controlled/{w.pairs}/seed{s}.jsonl" for s in config["step_controlled"][w.pairs]["seeds"]],
     output:
@@ -48,7 +48,7 @@ rule step_controlled_pairs:
 
 rule bridge:
     input:
-        script=script("bridge"),
+        script=code("bridge"),
         source=lambda w: data_file(config["bridges"][w.pairs]["source"]),
         editor=lambda w: bridge_editor(w)[2],
     output:
@@ -71,7 +71,7 @@ rule bridge:
 
 rule unpair:
     input:
-        script=script("unpaired"),
+        script=code("unpaired"),
         source=lambda w: data_file(config["unpaired"][w.pairs]["source"]),
     output:
         f"{R}/unpaired/{{pairs}}.jsonl",

@@ -3,7 +3,7 @@
 
 rule refcache:
     input:
-        script=script("refcache"),
+        script=code("refcache"),
         data=lambda w: data_file(config["runs"][REFCACHES[w.cache][0]]["data"]),
         model=lambda w: run_ref(REFCACHES[w.cache][0], None)[2],
     output:

@@ -9,7 +9,7 @@ localrules:
 
 rule curves:
     input:
-        script=script("curves"),
+        script=code("curves"),
         train_log=f"{R}/train/{{run}}/seed{{seed}}/train_log.jsonl",
     output:
         report(f"{R}/plots/{{run}}/seed{{seed}}.png", caption="../report/curves.rst", category="Training curves",

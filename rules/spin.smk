@@ -5,7 +5,7 @@
 
 rule spin_generate:
     input:
-        script=script("generate"),
+        script=code("generate"),
         data=lambda w: split_file(config["runs"][w.run]["data"], "train"),
         model=lambda w: run_model(w.run, w.seed)[2],
     output:
@@ -30,7 +30,7 @@ rule spin_generate:
 
 rule spin_merge:
     input:
-        script=script("merge"),
+        script=code("merge"),
         data=lambda w: split_file(config["runs"][w.run]["data"], "train"),
         generated=f"{R}/spin/{{run}}/generate{{seed}}/seed{{seed}}.jsonl",
     output:

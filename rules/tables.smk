@@ -3,7 +3,7 @@
 
 rule table:
     input:
-        script=script("tables"),
+        script=code("tables"),
         evals=lambda w: [f for evals in eval_files(w.table).values() for files in evals.values() for f in files],
     output:
         tex=f"{R}/tables/{{table}}.tex",
@@ -24,7 +24,7 @@ rule table:
 
 rule manifest:
     input:
-        script=script("manifest"),
+        script=code("manifest"),
         tables=table_outputs(),
         plots=plot_outputs(),
     output:

@@ -4,7 +4,7 @@
 rule train:
     input:
         unpack(train_inputs),
-        launch=script("launch"),
+        launch=code("launch"),
     output:
         model=directory(f"{R}/train/{{run}}/seed{{seed}}/model"),
         log=f"{R}/train/{{run}}/seed{{seed}}/train_log.jsonl",

@@ -4,7 +4,7 @@
 rule build_tiny_model:
     """Train the tokenizer and pre-train a small Llama on the synthetic corpus."""
     input:
-        script=script("tiny_world"),
+        script=code("tiny_world"),
     output:
         directory(f"{R}/models/{{model}}"),
     params:
@@ -23,7 +23,7 @@ rule build_tiny_model:
 rule build_synthetic_dataset:
     """Synthetic GSM8K-style problems in raw form (question, answer ending in '#### N')."""
     input:
-        script=script("synthetic"),
+        script=code("synthetic"),
     output:
         directory(f"{R}/raw/{{dataset}}"),
     params:

@@ -68,8 +68,8 @@ def test_unresolved_revisions_are_marked(path):
             assert "UNRESOLVED" in context, f"{path.name}:{i + 1}: placeholder revision without an UNRESOLVED note"
 
 
-def test_recipes_match_methods_md():
-    """The key numbers of METHODS.md, so that an edit of a recipe is a deliberate one."""
+def test_recipes_keep_the_upstream_numbers():
+    """The key numbers of the upstream recipes, so that an edit of a recipe is a deliberate one."""
     general = load(ROOT / "experiments/dft_general.yaml")
     assert general["models"]["mistral7b"]["revision"] == "7231864981174d9bee8c7687c24c8344414eae6b"
     gen = general["generations"]["uf_neg"]
@@ -97,7 +97,7 @@ def test_recipes_match_methods_md():
     assert gen["seeds"] == list(range(12)) and gen["max_new_tokens"] == 256
     assert gen["prompt_format"].startswith("Below is an instruction") and "{prompt}" in gen["prompt_format"]
     assert all(r["prompt_format"] == gen["prompt_format"] for r in math["runs"].values())
-    # the math table (METHODS.md): greedy, 512 new tokens, the Alpaca prompt; GSM8K truth after "####"
+    # the math table (the papers' protocol): greedy, 512 new tokens, the Alpaca prompt; GSM8K truth after "####"
     for answer_set in math["answer_sets"].values():
         assert (answer_set["temperature"], answer_set["max_new_tokens"]) == (0.0, 512)
         assert answer_set["prompt_format"].startswith("Below is an instruction") and "{prompt}" in answer_set["prompt_format"]

@@ -1,4 +1,4 @@
-"""Losses against independent float64 implementations written from METHODS.md (loops, numpy)."""
+"""Losses against independent float64 implementations written from the papers' formulas (loops, numpy; see each loss's docstring)."""
 import math
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 from workflow_scripts.config import METHODS, negative_columns
 from workflow_scripts.encoding import token_logps
 from workflow_scripts.losses import (
-    LOSSES, Batch, dft2_loss, dft_loss, dpo_bmc_loss, dpo_loss, dynft_loss, kto_loss, sft_loss, simpo_loss,
+    LOSSES, Batch, dft2_loss, dft_loss, dpo_bmc_loss, dynft_loss, kto_loss, sft_loss, simpo_loss,
 )
 
 

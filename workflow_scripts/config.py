@@ -4,6 +4,7 @@ Kept free of torch so that planning stays fast. Every error names the key path.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -118,13 +119,32 @@ def is_unpaired(config: dict, data: str) -> bool:
 
 
 def check_references(config: dict) -> None:
-    models, datasets, generations = config["models"], config["datasets"], config["generations"]
-    runs, evals, tables = config["runs"], config["evals"], config["tables"]
+    """Every name the config uses is defined, in the section it must come from; the key path of the first that
+    is not is named."""
+    _check_names(config)
+
+    def need(where, value, known, what):
+        if value not in known:
+            raise ConfigError(f"config error at {where}: unknown {what} '{value}' (known: {sorted(known)})")
+
+    _check_data_sections(config, need)
+    for name, r in config["runs"].items():
+        _check_run(name, r, config, need)
+    for name, a in config["answer_sets"].items():
+        need(f"answer_sets.{name}.dataset", a["dataset"], config["datasets"], "dataset")
+    for name, e in config["evals"].items():
+        _check_eval(name, e, config, need)
+    for name, t in config["tables"].items():
+        _check_table(name, t, config, need)
+
+
+def _check_names(config: dict) -> None:
+    """Names are identifiers, and no name is defined twice across the sections that share a namespace."""
     for section in ("models", *DATA_SECTIONS, "answer_sets", "runs", "evals", "tables"):
         for name in config[section]:
             if not NAME.match(name):
                 raise ConfigError(f"config error at {section}.{name}: names may only use letters, digits and '_'")
-    clash = set(models) & set(runs)
+    clash = set(config["models"]) & set(config["runs"])
     if clash:
         raise ConfigError(f"config error: {sorted(clash)} name both a model and a run")
     for i, a in enumerate(DATA_SECTIONS):
@@ -132,12 +152,11 @@ def check_references(config: dict) -> None:
             clash = set(config[a]) & set(config[b])
             if clash:
                 raise ConfigError(f"config error: {sorted(clash)} name entries of both {a} and {b}")
-    data_names = {name: section for section in DATA_SECTIONS for name in config[section]}
 
-    def need(where, value, known, what):
-        if value not in known:
-            raise ConfigError(f"config error at {where}: unknown {what} '{value}' (known: {sorted(known)})")
 
+def _check_data_sections(config: dict, need) -> None:
+    """Datasets' hub splits, and the models and sources of generations, pairs and unpaired data."""
+    datasets, generations = config["datasets"], config["generations"]
     for name, d in datasets.items():
         for split, spec in d["splits"].items() if d.get("hub_files") else ():
             source = str(spec).split("[")[0]
@@ -146,51 +165,54 @@ def check_references(config: dict) -> None:
                                   f"file in hub_files {sorted(d['hub_files'])}")
     for section in ("generations", "step_controlled"):
         for name, g in config[section].items():
-            need(f"{section}.{name}.model", g["model"], models, "model")
-            need(f"{section}.{name}.dataset", g["dataset"], datasets, "dataset")
+            need(f"{section}.{name}.model", g["model"], config["models"], "model")
+            need(f"{section}.{name}.dataset", g["dataset"], config["datasets"], "dataset")
     for name, u in config["unpaired"].items():
-        need(f"unpaired.{name}.source", u["source"], generations, "generation")
+        need(f"unpaired.{name}.source", u["source"], config["generations"], "generation")
     for name, b in config["bridges"].items():
         sources = {**generations, **{d: v for d, v in datasets.items() if v["mapping"].get("rejected")}}
         need(f"bridges.{name}.source", b["source"], sources, "generation or dataset that maps `rejected`")
         if b["editor"] != "synthetic_repair":
-            need(f"bridges.{name}.editor", b["editor"], models, "model (or synthetic_repair)")
+            need(f"bridges.{name}.editor", b["editor"], config["models"], "model (or synthetic_repair)")
             if not b["template"]:
                 raise ConfigError(f"config error at bridges.{name}.template: an editor model needs a prompt template "
                                   "with {prompt}, {winning} and {losing}")
-    for name, r in runs.items():
-        need(f"runs.{name}.method", r["method"], METHODS, "method")
-        need(f"runs.{name}.model", r["model"], models, "model")
-        need(f"runs.{name}.data", r["data"], data_names, "dataset, generation, step_controlled or bridges entry")
-        if r.get("ref") is not None:
-            need(f"runs.{name}.ref", r["ref"], models, "model")
-        if r["max_prompt_length"] >= r["max_length"]:
-            raise ConfigError(f"config error at runs.{name}: max_prompt_length must be below max_length")
-        _check_training_shape(name, r)
-        if is_unpaired(config, r["data"]):
-            if r["method"] != "kto":
-                raise ConfigError(f"config error at runs.{name}.data: '{r['data']}' is unpaired (labelled single "
-                                  f"completions); only kto trains on it")
-            r["unpaired"] = True
-        _check_negatives(name, r, config)
-    for name, a in config["answer_sets"].items():
-        need(f"answer_sets.{name}.dataset", a["dataset"], datasets, "dataset")
-    for name, e in evals.items():
-        _check_eval(name, e, config, need)
-    for name, t in tables.items():
-        need(f"tables.{name}.eval", t["eval"], evals, "eval")
-        for i, col in enumerate(t["columns"]):
-            ev = col["eval"] or t["eval"]
-            need(f"tables.{name}.columns.{i}.eval", ev, evals, "eval")
-            tasks = eval_metrics(evals[ev])
-            if col["metric"] not in tasks.get(col["task"], ()):
-                raise ConfigError(f"config error at tables.{name}.columns.{i}: task '{col['task']}' with metric "
-                                  f"'{col['metric']}' is not among eval '{ev}' tasks "
-                                  f"{ {k: sorted(v) for k, v in tasks.items()} }")
-        pairwise = any(evals[col["eval"] or t["eval"]]["kind"] == "pairwise" for col in t["columns"])
-        for row in t["rows"]:
-            need(f"tables.{name}.rows", row, runs if pairwise else {**models, **runs},
-                 "run (a pairwise eval compares a run with its starting model)" if pairwise else "run or model")
+
+
+def _check_run(name: str, r: dict, config: dict, need) -> None:
+    data_names = {n: section for section in DATA_SECTIONS for n in config[section]}
+    need(f"runs.{name}.method", r["method"], METHODS, "method")
+    need(f"runs.{name}.model", r["model"], config["models"], "model")
+    need(f"runs.{name}.data", r["data"], data_names, "dataset, generation, step_controlled or bridges entry")
+    if r.get("ref") is not None:
+        need(f"runs.{name}.ref", r["ref"], config["models"], "model")
+    if r["max_prompt_length"] >= r["max_length"]:
+        raise ConfigError(f"config error at runs.{name}: max_prompt_length must be below max_length")
+    _check_training_shape(name, r)
+    if is_unpaired(config, r["data"]):
+        if r["method"] != "kto":
+            raise ConfigError(f"config error at runs.{name}.data: '{r['data']}' is unpaired (labelled single "
+                              f"completions); only kto trains on it")
+        r["unpaired"] = True
+    _check_negatives(name, r, config)
+
+
+def _check_table(name: str, t: dict, config: dict, need) -> None:
+    evals, runs = config["evals"], config["runs"]
+    need(f"tables.{name}.eval", t["eval"], config["evals"], "eval")
+    for i, col in enumerate(t["columns"]):
+        ev = col["eval"] or t["eval"]
+        need(f"tables.{name}.columns.{i}.eval", ev, config["evals"], "eval")
+        tasks = eval_metrics(evals[ev])
+        if col["metric"] not in tasks.get(col["task"], ()):
+            raise ConfigError(f"config error at tables.{name}.columns.{i}: task '{col['task']}' with metric "
+                              f"'{col['metric']}' is not among eval '{ev}' tasks "
+                              f"{ {k: sorted(v) for k, v in tasks.items()} }")
+    pairwise = any(evals[col["eval"] or t["eval"]]["kind"] == "pairwise" for col in t["columns"])
+    for row in t["rows"]:
+        need(f"tables.{name}.rows", row, runs if pairwise else {**config["models"], **runs},
+             "run (a pairwise eval compares a run with its starting model)" if pairwise else "run or model")
+
 
 MATH_METRICS = ("accuracy", "answered")
 HEAD2HEAD_METRICS = {
@@ -293,6 +315,73 @@ def _check_negatives(name: str, r: dict, config: dict) -> None:
                           f"(m={r.get('m')}, epochs={r['epochs']}, sample={r.get('sample')}); {source}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in first:
+                raise ConfigError(f"{self.name}:{key_node.start_mark.line + 1}: the key '{key_node.value}' is given "
+                                  f"twice in one mapping (first at line {first[key] + 1}); YAML would keep the last")
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def check_yaml_file(path: str) -> None:
+    """A config file (which Snakemake has parsed already) has no key twice in one mapping."""
+    with open(path, encoding="utf-8") as f:
+        yaml.load(f, Loader=_UniqueKeyLoader)
+
+
+def dataset_splits(d: dict) -> set[str]:
+    """The splits a dataset entry defines: its local files' names, else its `splits`."""
+    return set(d["path"]) if d.get("path") else set(d["splits"])
+
+
+def split_readers(config: dict):
+    """(key path, dataset, split) of every dataset split a stage reads (a dataset used as data: its train)."""
+    datasets = config["datasets"]
+    for section in ("generations", "step_controlled", "answer_sets"):
+        for name, g in config[section].items():
+            yield f"{section}.{name}.split", g["dataset"], g["split"]
+    for name, e in config["evals"].items():
+        if e.get("synthetic"):
+            yield f"evals.{name}.synthetic.split", e["synthetic"]["dataset"], e["synthetic"]["split"]
+    for name, r in config["runs"].items():
+        if r["data"] in datasets:
+            yield f"runs.{name}.data", r["data"], "train"
+    for name, b in config["bridges"].items():
+        if b["source"] in datasets:
+            yield f"bridges.{name}.source", b["source"], "train"
+
+
+def check_splits(config: dict) -> None:
+    for where, dataset, split in split_readers(config):
+        known = dataset_splits(config["datasets"][dataset])
+        if split not in known:
+            raise ConfigError(f"config error at {where}: dataset '{dataset}' has no split '{split}' "
+                              f"(its splits: {sorted(known)})")
+
+
+def check_plain_values(value, where: str = "(top level)") -> None:
+    """Names are strings (a run called 123 must be quoted) and numbers finite (`.nan`, `.inf` are YAML's)."""
+    if isinstance(value, dict):
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"config error at {where}: the key {key!r} is not a string "
+                                  f"({type(key).__name__}); names are strings (quote it: '{key}')")
+            check_plain_values(v, key if where == "(top level)" else f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_plain_values(v, f"{where}.{i}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config error at {where}: {value} is not a finite number")
+
+
 def model_loaders(config: dict):
     """(key path, settings) of every stage setting that loads a model through a backend."""
     for section in ("generations", "step_controlled", "bridges", "answer_sets"):
@@ -335,8 +424,10 @@ def expand_spin(config: dict) -> None:
 
 
 def check_config(config: dict, schema_path: str) -> dict:
+    check_plain_values(config)
     validate_schema(config, schema_path)
     check_references(config)
+    check_splits(config)
     check_attention(config)
     expand_spin(config)
     return config

@@ -9,7 +9,7 @@ import argparse
 import json
 import random
 
-from .io import atomic_path, run_cli, write_jsonl
+from .io import run_cli, write_jsonl
 
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Max", "Ivy"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "eggs"]
