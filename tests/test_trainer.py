@@ -1,6 +1,8 @@
 """The trainer end to end on a tiny model: cached vs live reference, 2 processes vs 1, resume."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -219,7 +221,7 @@ def test_preempted_run_resumes_to_identical_weights(tiny_world, tmp_path, method
     full = run_train(model, data, tmp_path / "full", hp, *ref)
 
     calls = {"n": 0}
-    original = train._micro_step
+    original = train.Trainer._micro_step
 
     def signal_at_step_4(*args, **kwargs):
         calls["n"] += 1
@@ -227,19 +229,63 @@ def test_preempted_run_resumes_to_identical_weights(tiny_world, tmp_path, method
             os.kill(os.getpid(), signal.SIGUSR1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_micro_step", signal_at_step_4)
+    monkeypatch.setattr(train.Trainer, "_micro_step", signal_at_step_4)
     with pytest.raises(SystemExit) as stopped:
         run_train(model, data, tmp_path / "resumed", hp, *ref)
     assert stopped.value.code == train.PREEMPTED_EXIT
     assert (tmp_path / "resumed/checkpoints/step4/trainer_state.json").is_file()
     assert not (tmp_path / "resumed/model").exists()
-    monkeypatch.setattr(train, "_micro_step", original)
+    monkeypatch.setattr(train.Trainer, "_micro_step", original)
     resumed = run_train(model, data, tmp_path / "resumed", hp, *ref)
     assert json.loads((tmp_path / "resumed/run.json").read_text())["resumed_from_step"] == 4
     assert resumed == full
     assert (tmp_path / "full/model/model.safetensors").read_bytes() == \
         (tmp_path / "resumed/model/model.safetensors").read_bytes()
     assert not (tmp_path / "resumed/checkpoints").exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut"])
+def test_a_damaged_reference_cache_is_refused_naming_the_file(tiny_world, tmp_path, damage):
+    model, data = tiny_world
+    hp = hp_for("dpo")
+    cache = tmp_path / "ref.safetensors"
+    settings = {**refcache_settings(hp), "batch_size": 8, "negatives": 1}
+    refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
+    blob = cache.read_bytes()
+    cache.write_bytes(blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:] if damage == "flip" else blob[: len(blob) // 2])
+    with pytest.raises(InputError, match=re.escape(f"{cache}: the tensors (sha256 ") + ".* changed or cut"):
+        run_train(model, data, tmp_path / "out", hp, "--ref-model", model, "--refcache", str(cache))
+    assert not (tmp_path / "out/model").exists()
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tiny_world, tmp_path, monkeypatch, capsys):
+    """Bytes flipped in the newest checkpoint's weights, the one before cut short: the rerun resumes from the
+    third newest and ends at the uninterrupted weights; the trained model's digest is recorded beside it."""
+    model, data = tiny_world
+    hp = hp_for("dpo", checkpoint_every=1, keep_checkpoints=3)
+    ref = ["--ref-model", model]
+    full = run_train(model, data, tmp_path / "full", hp, *ref)
+    monkeypatch.setattr(train.checkpoint, "remove_all", lambda accelerator, outdir: None)
+    run_train(model, data, tmp_path / "out", hp, *ref)
+    steps = sorted(int(p.name[4:]) for p in (tmp_path / "out/checkpoints").iterdir())
+    assert len(steps) == 3
+    newest, before = (tmp_path / f"out/checkpoints/step{s}" for s in steps[:0:-1])
+    weights = newest / "model.safetensors"
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:])
+    optimizer = before / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    shutil.rmtree(tmp_path / "out/model")
+    capsys.readouterr()
+    resumed = run_train(model, data, tmp_path / "out", hp, *ref)
+    out = capsys.readouterr().out
+    assert f"checkpoint {newest} skipped: model.safetensors missing or not as written" in out
+    assert f"checkpoint {before} skipped: optimizer.bin missing or not as written" in out
+    assert json.loads((tmp_path / "out/run.json").read_text())["resumed_from_step"] == steps[0]
+    assert resumed == full
+    assert (tmp_path / "full/model/model.safetensors").read_bytes() == (tmp_path / "out/model/model.safetensors").read_bytes()
+    recorded = (tmp_path / "out/model.sha256").read_text().split()[0]
+    assert recorded == json.loads((tmp_path / "out/run.json").read_text())["digests"]["final_weights"]
 
 
 def test_checkpoint_of_other_hyperparameters_is_not_resumed(tiny_world, tmp_path, monkeypatch):

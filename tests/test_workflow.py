@@ -62,6 +62,16 @@ def write_config(path, config):
     (lambda c: c["generations"]["toy_neg"].update(backend="vllm", attn_implementation="sdpa"),
      "generations.toy_neg.attn_implementation: the vllm backend picks its own attention kernel"),
     (lambda c: c["evals"]["toy_eval"].update(attn_implementation="flash"), "evals.toy_eval.attn_implementation: 'flash'"),
+    (lambda c: c["evals"]["toy_eval"]["tasks"][0].update(metrik="acc"),
+     "evals.toy_eval.tasks.0: Additional properties are not allowed ('metrik' was unexpected)"),
+    (lambda c: c["evals"]["toy_eval"].update(kind="lm_evall"), "evals.toy_eval.kind: 'lm_evall' is not one of"),
+    (lambda c: c["runs"].update({123: c["runs"]["sft"]}),
+     "runs: the key 123 is not a string (int); names are strings (quote it"),
+    (lambda c: c["runs"]["sft"].update(lr=float("nan")), "runs.sft.lr: nan is not a finite number"),
+    (lambda c: c["answer_sets"]["toy_greedy"].update(split="test"),
+     "answer_sets.toy_greedy.split: dataset 'toy' has no split 'test' (its splits: ['eval', 'train'])"),
+    (lambda c: c["datasets"]["toy"].update(splits={"eval": 16}),
+     "generations.toy_neg.split: dataset 'toy' has no split 'train' (its splits: ['eval'])"),
     (lambda c: c["runs"].update({"../../etc/x": c["runs"]["sft"]}), "runs.../../etc/x: names may only use letters"),
     (lambda c: c["generations"].update({"a/b": c["generations"]["toy_neg"]}), "generations.a/b: names may only use"),
     (lambda c: c["models"]["mini"].update(trust_remote_code="yes"), "models.mini.trust_remote_code: 'yes' is not of type"),
@@ -87,6 +97,16 @@ def test_config_error_fails_before_any_job(tmp_path, edit, message):
     assert message in result.stdout + result.stderr
     assert "Job stats" not in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_key_given_twice_fails_with_both_lines(tmp_path):
+    text = MINI.read_text().replace("runs:\n", "runs:\n  sft: {method: sft, model: mini, data: toy}\n", 1)
+    (tmp_path / "twice.yaml").write_text(text)
+    result = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "twice.yaml"))
+    first = text.splitlines().index("runs:") + 2  # 1-based line of the inserted sft; the original follows it
+    assert result.returncode != 0 and "Job stats" not in result.stdout + result.stderr
+    assert (f"twice.yaml:{first + 1}: the key 'sft' is given twice in one mapping (first at line {first})"
+            in result.stdout + result.stderr)
 
 
 def test_default_config_plans_every_stage():
@@ -201,12 +221,75 @@ def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):
     assert "train" not in planned_jobs(snakemake(workdir, "-n", "--configfile", same))
 
 
+@pytest.mark.parametrize("module, planned", [
+    # every training and what follows it (13 evaluated instances: SPIN's first iteration only feeds the
+    # second; its own generation starts from the base model); not the data, generations or caches
+    ("losses", {"train": 14, "curves": 14, "evaluate": 13, "answers": 13, "math_eval": 13, "head2head": 3,
+                "spin_generate": 1, "spin_merge": 1, "table": 3, "manifest": 1, "all": 1}),
+    ("judges", {"head2head": 4, "table": 2, "manifest": 1, "all": 1}),
+    ("tables", {"table": 3, "manifest": 1, "all": 1}),
+])
+def test_editing_a_module_reruns_exactly_the_stages_that_import_it(mini_run, module, planned):
+    workdir, config_path = mini_run
+    path = ROOT / f"workflow_scripts/{module}.py"
+    source, stat = path.read_bytes(), path.stat()
+    try:
+        path.write_bytes(source + b"# edited\n")
+        assert planned_jobs(snakemake(workdir, "-n", "--configfile", config_path)) == planned
+    finally:
+        path.write_bytes(source)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert planned_jobs(snakemake(workdir, "-n", "--configfile", config_path)) == {}
+
+
+def test_a_deleted_reference_cache_record_is_rebuilt(mini_run, tmp_path):
+    """Training reads a cache's .json too: when training reruns, a deleted one is rebuilt first (Snakemake
+    leaves a missing intermediate alone while nothing downstream of it has to run)."""
+    workdir, config_path = mini_run
+    meta = sorted((workdir / "results/refcache").glob("*.json"))[0]
+    meta.rename(tmp_path / meta.name)
+    try:
+        plan = planned_jobs(snakemake(workdir, "-n", "--configfile", config_path, "--forcerun", "train"))
+        assert plan.get("refcache") == 1 and plan.get("train", 0) >= 1
+    finally:
+        (tmp_path / meta.name).rename(meta)  # keeps its mtime
+
+
+def test_verify_names_an_artifact_changed_after_the_run(mini_run):
+    workdir, _ = mini_run
+    def run():
+        return subprocess.run([sys.executable, "-m", "workflow_scripts.verify", "--results", "results",
+                               "--manifest", "results/manifest.json"], cwd=workdir, capture_output=True, text=True,
+                              env={**ENV, "PYTHONPATH": str(ROOT)})
+
+    result = run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    weights = workdir / "results/train/sft/seed42/model/model.safetensors"
+    blob, stat = weights.read_bytes(), weights.stat()
+    try:
+        weights.write_bytes(blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:])
+        result = run()
+        assert result.returncode == 1
+        assert result.stdout.splitlines() == [
+            "results/train/sft/seed42/model: not the content recorded in model.sha256",
+            "results/train/sft/seed42/model/model.safetensors: changed since manifest.json", "2 problems"]
+    finally:
+        weights.write_bytes(blob)
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_bad_input_leaves_no_output(mini_run, tmp_path):
     workdir, config_path = mini_run
     seed_file = workdir / "results/generate/toy_neg/seed1.jsonl"
-    backup = seed_file.read_text()
+    backup, record = seed_file.read_text(), Path(f"{seed_file}.sha256").read_text()
     try:
-        seed_file.write_text(backup.splitlines()[0] + "\n")  # drops ids
+        seed_file.write_text(backup.splitlines()[0] + "\n")  # cut after its first record
+        result = snakemake(workdir, "--cores", "1", "--configfile", config_path, "--forcerun", "merge",
+                           "--until", "merge")
+        assert result.returncode != 0
+        log = (workdir / "results/logs/merge/toy_neg.log").read_text()
+        assert "seed1.jsonl: the content (sha256" in log and "it was changed or cut afterwards" in log
+        Path(f"{seed_file}.sha256").unlink()  # a file nothing recorded (a user's own) is validated instead
         result = snakemake(workdir, "--cores", "1", "--configfile", config_path, "--forcerun", "merge",
                            "--until", "merge")
         assert result.returncode != 0
@@ -215,26 +298,25 @@ def test_bad_input_leaves_no_output(mini_run, tmp_path):
         assert not (workdir / "results/merge/toy_neg.jsonl").exists()
     finally:
         seed_file.write_text(backup)
+        Path(f"{seed_file}.sha256").write_text(record)
         shutil.rmtree(workdir / ".snakemake" / "incomplete", ignore_errors=True)
 
 
-def test_two_runs_from_scratch_reproduce_every_digest(tmp_path):
-    """Same config and seeds, two workdirs: every artifact in the manifest (models, generations,
-    caches, trained weights, eval JSON, tables) has the same sha256."""
+def test_a_second_run_from_scratch_reproduces_every_digest(mini_run, tmp_path):
+    """Same config and seeds, another workdir (the mini run's runs, fewer of them): every artifact the two
+    runs share (models, generations, caches, trained weights, answers, eval JSON) has the same sha256."""
     config = yaml.safe_load(MINI.read_text())
     keep = {"sft", "dft", "kto", "spin"}
     config["runs"] = {k: v for k, v in config["runs"].items() if k in keep}
     config["tables"]["mini_table"]["rows"] = ["mini", *sorted(keep)]
-    config["tables"]["mini_pairwise"]["rows"] = ["sft", "kto"]
-    manifests = []
-    for name in ("first", "second"):
-        workdir = tmp_path / name
-        workdir.mkdir()
-        path = write_config(workdir / "config.yaml", config)
-        result = snakemake(workdir, "--cores", "2", "--configfile", path)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-        manifests.append(json.loads((workdir / "results/manifest.json").read_text()))
-    first, second = (m["artifacts"] for m in manifests)
-    assert len(first) > 40 and "train/spin/seed42/model/model.safetensors" in first
-    differing = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    config["tables"]["mini_pairwise"]["rows"] = ["sft"]
+    path = write_config(tmp_path / "config.yaml", config)
+    result = snakemake(tmp_path, "--cores", "2", "--configfile", path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    first = json.loads((mini_run[0] / "results/manifest.json").read_text())["artifacts"]
+    second = json.loads((tmp_path / "results/manifest.json").read_text())["artifacts"]
+    shared = {k for k in first.keys() & second.keys() if not k.startswith("tables/")}  # tables: other rows
+    assert len(shared) > 40 and "train/spin/seed42/model/model.safetensors" in shared
+    assert set(second) - set(first) <= {k for k in second if k.startswith("tables/")}
+    differing = sorted(k for k in shared if first[k] != second[k])
     assert not differing, differing

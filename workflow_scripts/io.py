@@ -1,4 +1,9 @@
-"""Atomic file output, validated JSONL input and content digests."""
+"""Atomic file output, validated JSONL input and content digests.
+
+A JSON or JSONL artifact (and a model folder) has its digest recorded beside it when written,
+`<name>.sha256` in sha256sum's format, and every reader checks it: a file changed or cut after
+it was written is refused, never used. A file without a record (a user's own data) is read as is.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -50,16 +55,50 @@ def _remove(path: Path) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write a JSON file atomically and record its digest beside it."""
+    blob = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    forget_digest(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        tmp.write_bytes(blob)
+    record_digest(path, hashlib.sha256(blob).hexdigest())
+
+
+def digest_record(path: str | os.PathLike) -> Path:
+    return Path(f"{path}.sha256")
+
+
+def forget_digest(path: str | os.PathLike) -> None:
+    """Drop `path`'s digest record before `path` is rewritten (a kill in between leaves it unchecked, not refused)."""
+    _remove(digest_record(path))
+
+
+def record_digest(path: str | os.PathLike, digest: str) -> None:
+    with atomic_path(digest_record(path)) as tmp:
+        tmp.write_text(f"{digest}  {Path(path).name}\n")
+
+
+def check_digest(path: str | os.PathLike, digest: str) -> None:
+    """`digest` (of `path`'s content) must be the one recorded when `path` was written, where one was."""
+    record = digest_record(path)
+    if record.is_file():
+        recorded = (record.read_text().split() or [""])[0]
+        if recorded != digest:
+            raise InputError(path, f"the content (sha256 {digest[:16]}) is not what was written (sha256 "
+                             f"{recorded[:16]}, {record.name}): it was changed or cut afterwards; delete it and "
+                             f"rerun snakemake, which rebuilds it")
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
-    n = 0
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    """Write records atomically, one JSON object a line, and record the file's digest beside it."""
+    n, h = 0, hashlib.sha256()
+    forget_digest(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for record in records:
-            f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+            line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode()
+            f.write(line)
+            h.update(line)
             n += 1
+    record_digest(path, h.hexdigest())
     return n
 
 
@@ -70,23 +109,36 @@ def write_eval(path: str | os.PathLike, result: dict, samples: Iterable[dict]) -
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content, its recorded digest checked."""
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"invalid JSON: {e.msg}", line=e.lineno) from None
+        blob = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    check_digest(path, hashlib.sha256(blob).hexdigest())
+    try:
+        return json.loads(blob.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"not UTF-8 text (byte {e.start + 1})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON: {e.msg}", line=e.lineno) from None
 
 
 def read_jsonl(path: str | os.PathLike, validate: Callable[[dict, Callable[..., InputError]], None] | None = None) -> list[dict]:
-    """Read a JSONL file; `validate(record, error)` raises `error(message, field)` on a bad record."""
-    records = []
+    """Read a JSONL file (UTF-8, a BOM allowed; blank lines skipped; line numbers are the file's) and check its
+    recorded digest; `validate(record, error)` raises `error(message, field)` on a bad record."""
+    records, h = [], hashlib.sha256()
     try:
-        f = open(path)
+        f = open(path, "rb")
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     with f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, raw in enumerate(f, start=1):
+            h.update(raw)
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(path, f"not UTF-8 text (byte {e.start + 1} of the line: {raw[e.start:e.start + 1]!r})",
+                                 line=lineno) from None
             if not line.strip():
                 continue
             try:
@@ -98,6 +150,7 @@ def read_jsonl(path: str | os.PathLike, validate: Callable[[dict, Callable[..., 
             if validate is not None:
                 validate(record, lambda message, field=None, _l=lineno: InputError(path, message, _l, field))
             records.append(record)
+    check_digest(path, h.hexdigest())
     return records
 
 
@@ -126,6 +179,14 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_files(paths: list[Path]) -> list[str]:
+    """sha256 of each file, several at once (hashlib releases the GIL): checkpoint shards of a 7B run are ~100 GB."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(sha256_file, paths))
 
 
 def sha256_tree(path: str | os.PathLike, pattern: str = "*") -> str:

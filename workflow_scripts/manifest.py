@@ -20,12 +20,14 @@ def git_state(root: str) -> dict:
 
 
 def artifact_digests(results: str) -> dict[str, str]:
-    """sha256 of every file under the results folder, except checkpoints, logs, benchmarks and the manifest."""
+    """sha256 of every file under the results folder, except checkpoints, logs, benchmarks, the manifest and the
+    digest records beside the artifacts (`*.sha256`, which the manifest's own digests cover)."""
     root = Path(results)
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
-        if SKIPPED_PARTS & set(rel.parts) or any(p.startswith(".") for p in rel.parts) or rel.name == "manifest.json":
+        if SKIPPED_PARTS & set(rel.parts) or any(p.startswith(".") for p in rel.parts) or rel.name == "manifest.json" \
+                or rel.suffix == ".sha256":
             continue
         out[str(rel)] = sha256_file(path)
     return out

@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .io import sha256_tree
+from .io import atomic_path, check_digest, forget_digest, record_digest, sha256_tree
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "tokenizer.model")
@@ -27,7 +28,23 @@ def local_dir(model: str, revision: str | None = None) -> Path:
 
 
 def weights_digest(model: str, revision: str | None = None) -> str:
-    return sha256_tree(local_dir(model, revision), "*.safetensors")
+    """Digest of a model's safetensors files, checked against the one recorded when the workflow wrote the folder
+    (a trained model's `model.sha256`): weights changed in place are refused wherever they are read."""
+    folder = local_dir(model, revision)
+    digest = sha256_tree(folder, "*.safetensors")
+    check_digest(folder, digest)
+    return digest
+
+
+def save_model_folder(path: str | os.PathLike, write: Callable[[Path], None]) -> str:
+    """Write a model folder atomically (`write(tmp)` saves into a temporary folder) and record the digest of
+    its weights beside it (`<folder>.sha256`), which every reader checks; returns that digest."""
+    forget_digest(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
+    digest = weights_digest(str(path))
+    record_digest(path, digest)
+    return digest
 
 
 def tokenizer_digest(model: str, revision: str | None = None) -> str:

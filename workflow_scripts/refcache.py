@@ -1,13 +1,15 @@
 """Reference log-prob cache: l_ref(chosen) and l_ref(negative j) for every example, keyed by id.
 
-Written as `<name>.safetensors` (tensors) and `<name>.json` (ids in row order and the digests of
-reference weights, tokenizer + chat template, data file and encoding settings). Training refuses
-a cache whose digests differ from its own inputs, naming the one that differs.
+Written as `<name>.safetensors` (tensors) and `<name>.json` (ids in row order, the tensors' sha256
+and the digests of reference weights, tokenizer + chat template, data file and encoding settings).
+Training refuses a cache whose digests differ from its own inputs, naming the one that differs,
+and tensors that are not the ones recorded (changed or cut after they were written).
 """
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -71,6 +73,11 @@ class RefCache:
                 raise InputError(meta_path, f"reference cache does not match this run: the {key} digest differs "
                                  f"(cache {meta['digests'].get(key)!r}, run {value!r}); rebuild the cache",
                                  field=f"digests.{key}")
+        self.sha256 = sha256_file(path)
+        if meta.get("sha256") != self.sha256:
+            raise InputError(path, f"the tensors (sha256 {self.sha256[:16]}) are not the ones {Path(meta_path).name} "
+                             f"records ({str(meta.get('sha256'))[:16]}): changed or cut after they were written; "
+                             f"delete both and rerun snakemake, which rebuilds the cache")
         self.tensors = load_file(path)
         self.row = {id_: i for i, id_ in enumerate(meta["ids"])}
         self.path = path
@@ -129,13 +136,13 @@ def main(argv: list[str] | None) -> None:
     tensors, ids, n_truncated = build(args.model, args.revision, args.data, settings, settings["batch_size"],
                                       args.trust_remote_code)
     meta_path = args.output.removesuffix(".safetensors") + ".json"
-    write_json(meta_path, {
-        "ids": ids, "n_examples": len(ids), "n_negatives": tensors["sums"].shape[1] - 1,
-        "n_truncated": n_truncated, "model": args.model, "revision": args.revision,
-        "digests": expected_digests(args.model, args.revision, args.data, settings),
-    })
-    with atomic_path(args.output) as tmp:
+    with atomic_path(args.output) as tmp:  # the tensors appear only after the record that names their digest
         save_file(tensors, str(tmp))
+        write_json(meta_path, {
+            "ids": ids, "n_examples": len(ids), "n_negatives": tensors["sums"].shape[1] - 1,
+            "n_truncated": n_truncated, "model": args.model, "revision": args.revision, "sha256": sha256_file(tmp),
+            "digests": expected_digests(args.model, args.revision, args.data, settings),
+        })
     print(f"reference log-probs for {len(ids)} examples x {tensors['sums'].shape[1]} responses; "
           f"{n_truncated} responses truncated")
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .io import read_json, read_jsonl, write_json, write_jsonl
+from .io import InputError, read_json, read_jsonl, write_json, write_jsonl
 
 
 def shard_folder(output: str | Path) -> Path:
@@ -31,7 +31,7 @@ def run_in_shards(output: str | Path, items: list, work: Callable[[list], list[d
     """
     folder = shard_folder(output)
     meta = folder / "fingerprint.json"
-    if folder.exists() and (not meta.exists() or read_json(meta) != fingerprint):
+    if folder.exists() and _fingerprint(meta) != fingerprint:  # other settings, or a damaged record: redo all
         shutil.rmtree(folder)
     if not meta.exists():
         write_json(meta, fingerprint)
@@ -40,8 +40,8 @@ def run_in_shards(output: str | Path, items: list, work: Callable[[list], list[d
         for start in range(0, len(items), shard_size):
             chunk = items[start: start + shard_size]
             path = folder / f"shard{start // shard_size:06d}.jsonl"
-            if path.exists():
-                done = read_jsonl(path)
+            done = _finished_shard(path)
+            if done is not None:
                 resumed += 1
             else:
                 done = work(chunk)
@@ -51,3 +51,21 @@ def run_in_shards(output: str | Path, items: list, work: Callable[[list], list[d
     (finish or (lambda done: write_jsonl(output, done)))(records)
     shutil.rmtree(folder)
     return records, resumed
+
+
+def _finished_shard(path: Path) -> list[dict] | None:
+    """A shard's records, or None when it is still to do (absent, or damaged: then it is redone)."""
+    if not path.exists():
+        return None
+    try:
+        return read_jsonl(path)
+    except InputError as e:
+        print(f"shard redone: {e}", flush=True)
+        return None
+
+
+def _fingerprint(meta: Path) -> dict | None:
+    try:
+        return read_json(meta)
+    except InputError:
+        return None

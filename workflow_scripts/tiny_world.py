@@ -13,7 +13,8 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from . import synthetic
-from .io import atomic_path, run_cli
+from .io import run_cli
+from .models import save_model_folder
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -91,11 +92,13 @@ def pretrain(p: dict, outdir: str, threads: int) -> None:
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     print(f"final pre-training loss {loss.item():.4f}")
 
-    with atomic_path(outdir) as tmp:
+    def write(tmp):
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "build.json").write_text(json.dumps({"params": p, "n_parameters": n_params}, indent=2))
         AutoTokenizer.from_pretrained(tmp)  # loads back like any hub model, or fails here
+
+    save_model_folder(outdir, write)
 
 
 def main(argv: list[str] | None) -> None:

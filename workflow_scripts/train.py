@@ -29,10 +29,10 @@ from .bmc import edit_masks, stopword_ids
 from .data import read_pairs
 from .distributed import make_accelerator, precision, prepare_reference, start_processes
 from .encoding import encode_examples, forward_logps
-from .io import InputError, atomic_path, run_cli, sha256_file, write_json
+from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
 from .config import METHODS, negative_columns, negatives_required, refcache_settings
 from .losses import LOSSES, Batch, kto_kl
-from .models import load_model, load_tokenizer, weights_digest
+from .models import load_model, load_tokenizer, save_model_folder, weights_digest
 from .refcache import RefCache, expected_digests
 from .versions import package_versions
 
@@ -153,116 +153,158 @@ class Preemption:
         self.requested = True
 
 
-def train(args, hp: dict) -> None:
-    world = start_processes().num_processes
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != world:
-        raise RuntimeError(f"the launcher started {launched} processes but accelerate sees {world}")
-    method = METHODS[hp["method"]]
-    records = read_pairs(args.data, negatives_required(hp["method"], hp),
-                         f"run '{args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "
-                         f"sample={hp.get('sample', False)})", labelled=bool(hp.get("unpaired")))
-    accum, steps_per_epoch = plan_batches(len(records), hp, world)
-    if steps_per_epoch == 0:
-        raise InputError(args.data, f"{len(records)} examples are fewer than one batch of {hp['batch_size']}")
-    accelerator = make_accelerator(hp, accum)
-    rank = accelerator.process_index
-    set_seed(hp["seed"])
-    total_steps = steps_per_epoch * hp["epochs"]
-    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
-    model, optimizer, scheduler = _prepared_policy(accelerator, args, hp, total_steps)
-    reference = Reference(args, hp, method, accelerator, model) if method.needs_ref else None
-    stopwords = stopword_ids(tokenizer) if method.edit_mask else None
-    share_prompts = not hp["gradient_checkpointing"]  # checkpointed layers keep no KV cache to share
-    slot = {r["id"]: i for i, r in enumerate(records)}
-    method_state = {"u": torch.zeros(len(records), dtype=torch.float64),
-                    "visited": torch.zeros(len(records), dtype=torch.float64)}
-    inputs = {"base_weights": weights_digest(args.model, args.revision), "data": sha256_file(args.data),
-              **({"refcache": sha256_file(args.refcache)} if args.refcache else {})}
-    run_fingerprint = checkpoint.fingerprint(hp, {**inputs, "world_size": world})
-    log, n_truncated, step = [], 0, 0
-    resume_from = checkpoint.latest(args.outdir, run_fingerprint)
-    if resume_from is not None:
-        saved, loaded = checkpoint.load(accelerator, resume_from)
-        log, step, n_truncated = saved["log"], saved["step"], saved["responses_truncated"]
-        method_state = {k: v.clone() for k, v in loaded.items()}
-        accelerator.print(f"resumed from {resume_from} (step {step} of {total_steps})")
-    u, visited = method_state["u"], method_state["visited"]
-    preemption = Preemption()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {args.run}", mininterval=5,
-               disable=not accelerator.is_main_process)
-    for epoch in range(step // steps_per_epoch, hp["epochs"]):
-        columns = negative_columns(hp["method"], hp, epoch)
-        examples, truncated = encode_examples(tokenizer, records, columns, hp, kl_pairs=method.kl_pairs,
-                                              source=args.data)
-        if step == epoch * steps_per_epoch:
-            n_truncated += truncated
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(hp["seed"] + epoch)).tolist()
-        for s in range(step - epoch * steps_per_epoch, steps_per_epoch):
-            batch = order[s * hp["batch_size"]: (s + 1) * hp["batch_size"]]
-            micro = hp["micro_batch_size"]
-            mine = batch[rank * accum * micro: (rank + 1) * accum * micro]
-            chunks = [[examples[i] for i in mine[k * micro: (k + 1) * micro]] for k in range(accum)]
-            totals = _accumulate(accelerator, model, chunks, len(batch), world, lambda chunk: _micro_step(
-                accelerator, model, chunk, columns, method, hp, reference, u, visited, slot, tokenizer.pad_token_id,
-                stopwords, share_prompts))
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), hp["max_grad_norm"])
-            optimizer.step(), scheduler.step(), optimizer.zero_grad()
-            step += 1
-            if method.stateful and world > 1 and s == steps_per_epoch - 1:
-                _average_state(accelerator, u, visited, hp.get("reset_visited", True))
-            loss = accelerator.reduce(torch.tensor(totals["loss"], device=accelerator.device), "mean").item()
-            log.append({"step": step, "epoch": epoch + (s + 1) / steps_per_epoch, **totals, "loss": loss,
-                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            every = hp.get("checkpoint_every") or 0
-            stop = _agree(accelerator, preemption.requested)
-            if step < total_steps and (stop or (every and step % every == 0)):
-                checkpoint.save(accelerator, args.outdir, step, {
-                    "fingerprint": run_fingerprint, "log": log, "responses_truncated": n_truncated},
-                    {"u": u, "visited": visited}, keep=hp["keep_checkpoints"])
-            if stop:
-                bar.close()
-                accelerator.print(f"preempted: checkpoint at step {step} saved; exiting for requeue")
-                sys.exit(PREEMPTED_EXIT)
-    bar.close()
-    _finish(accelerator, model, tokenizer, log, args, hp, inputs, {
-        "distributed_type": str(accelerator.distributed_type).split(".")[-1], "device": str(accelerator.device),
-        "world_size": world, "gradient_accumulation_steps": accum, "effective_global_batch": hp["batch_size"],
-        "optimizer_steps": total_steps, "examples_per_epoch": steps_per_epoch * hp["batch_size"],
-        "examples_dropped_per_epoch": len(records) - steps_per_epoch * hp["batch_size"],
-        "responses_truncated": n_truncated, "resumed_from_step": int(resume_from.name[4:]) if resume_from else None})
+class Trainer:
+    """One run on this process: its data, policy, reference and progress. `run()` trains to the end (then
+    saves the model and the run's records) or to a preemption (then checkpoints and exits for requeue)."""
 
+    def __init__(self, args, hp: dict):
+        self.args, self.hp, self.method = args, hp, METHODS[hp["method"]]
+        self.world = start_processes().num_processes
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.world:
+            raise RuntimeError(f"the launcher started {launched} processes but accelerate sees {self.world}")
+        self.records = read_pairs(args.data, negatives_required(hp["method"], hp),
+                                  f"run '{args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "
+                                  f"sample={hp.get('sample', False)})", labelled=bool(hp.get("unpaired")))
+        self.accum, self.steps_per_epoch = plan_batches(len(self.records), hp, self.world)
+        if self.steps_per_epoch == 0:
+            raise InputError(args.data, f"{len(self.records)} examples are fewer than one batch of {hp['batch_size']}")
+        self.accelerator = make_accelerator(hp, self.accum)
+        set_seed(hp["seed"])
+        self.total_steps = self.steps_per_epoch * hp["epochs"]
+        self.tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
+        self.model, self.optimizer, self.scheduler = _prepared_policy(self.accelerator, args, hp, self.total_steps)
+        self.reference = Reference(args, hp, self.method, self.accelerator, self.model) \
+            if self.method.needs_ref else None
+        self.stopwords = stopword_ids(self.tokenizer) if self.method.edit_mask else None
+        self.share_prompts = not hp["gradient_checkpointing"]  # checkpointed layers keep no KV cache to share
+        self.slot = {r["id"]: i for i, r in enumerate(self.records)}
+        self.inputs = {"base_weights": weights_digest(args.model, args.revision), "data": sha256_file(args.data),
+                       **({"refcache": self.reference.cache.sha256} if args.refcache else {})}
+        self.fingerprint = checkpoint.fingerprint(hp, {**self.inputs, "world_size": self.world})
+        self._resume()
 
-def _finish(accelerator, model, tokenizer, log, args, hp, inputs, batching) -> None:
-    """Save the whole model (ZeRO-3 partitions gathered, LoRA merged) and the run's records; drop checkpoints."""
-    state_dict = None
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 partitions (a collective)
-    elif hp.get("lora") and accelerator.is_main_process:
-        unwrapped = merged_lora(unwrapped, args, hp)
-    if accelerator.is_main_process:
-        _save(unwrapped, state_dict, tokenizer, log, args, hp, inputs, batching)
-    accelerator.wait_for_everyone()
-    checkpoint.remove_all(accelerator, args.outdir)
+    def _resume(self) -> None:
+        """Progress from the newest intact checkpoint of this run, or from the start."""
+        self.log, self.step, self.n_truncated = [], 0, 0
+        state = {"u": torch.zeros(len(self.records), dtype=torch.float64),
+                 "visited": torch.zeros(len(self.records), dtype=torch.float64)}
+        self.resumed_from = checkpoint.latest(self.accelerator, self.args.outdir, self.fingerprint)
+        if self.resumed_from is not None:
+            saved, loaded = checkpoint.load(self.accelerator, self.resumed_from)
+            self.log, self.step, self.n_truncated = saved["log"], saved["step"], saved["responses_truncated"]
+            state = {k: v.clone() for k, v in loaded.items()}
+            self.accelerator.print(f"resumed from {self.resumed_from} (step {self.step} of {self.total_steps})")
+        self.u, self.visited = state["u"], state["visited"]
 
+    def run(self) -> None:
+        preemption = Preemption()
+        self.bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.args.run}", mininterval=5,
+                        disable=not self.accelerator.is_main_process)
+        for epoch in range(self.step // self.steps_per_epoch, self.hp["epochs"]):
+            columns = negative_columns(self.hp["method"], self.hp, epoch)
+            examples, truncated = encode_examples(self.tokenizer, self.records, columns, self.hp,
+                                                  kl_pairs=self.method.kl_pairs, source=self.args.data)
+            if self.step == epoch * self.steps_per_epoch:
+                self.n_truncated += truncated
+            order = torch.randperm(len(examples),
+                                   generator=torch.Generator().manual_seed(self.hp["seed"] + epoch)).tolist()
+            for s in range(self.step - epoch * self.steps_per_epoch, self.steps_per_epoch):
+                batch = [examples[i] for i in order[s * self.hp["batch_size"]: (s + 1) * self.hp["batch_size"]]]
+                self._optimizer_step(batch, columns, epoch + (s + 1) / self.steps_per_epoch,
+                                     epoch_end=s == self.steps_per_epoch - 1)
+                self._checkpoint_if_due(_agree(self.accelerator, preemption.requested))
+        self.bar.close()
+        self._finish()
 
-def _accumulate(accelerator, model, chunks, batch_size: int, world: int, micro_step) -> dict[str, float]:
-    """Forward and backward of this process's micro-batches of one optimizer step; their mean metrics.
-    `micro_step(chunk)` returns the loss output (and updates a stateful method's per-example state)."""
-    totals: dict[str, float] = {}
-    for chunk in chunks:
-        # syncs (DDP) and steps (DeepSpeed's engine) at the last micro-batch of the step only
-        with accelerator.accumulate(model):
-            out = micro_step(chunk)
-            # weight of this micro-batch in the global mean; accelerate (or the DeepSpeed engine)
-            # divides by gradient_accumulation_steps itself, and DDP averages over processes
-            accelerator.backward(out.loss * len(chunk) * world * len(chunks) / batch_size)
-        for key, value in {"loss": out.loss.item(), **out.metrics}.items():
-            totals[key] = totals.get(key, 0.0) + value / len(chunks)
-    return totals
+    def _optimizer_step(self, batch: list, columns: list[int], epoch: float, epoch_end: bool) -> None:
+        """This process's micro-batches of one global batch, then one optimizer step, logged."""
+        micro, rank = self.hp["micro_batch_size"], self.accelerator.process_index
+        mine = batch[rank * self.accum * micro: (rank + 1) * self.accum * micro]
+        chunks = [mine[k * micro: (k + 1) * micro] for k in range(self.accum)]
+        totals = self._accumulate(chunks, len(batch), columns)
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.hp["max_grad_norm"])
+        self.optimizer.step(), self.scheduler.step(), self.optimizer.zero_grad()
+        self.step += 1
+        if self.method.stateful and self.world > 1 and epoch_end:
+            _average_state(self.accelerator, self.u, self.visited, self.hp.get("reset_visited", True))
+        loss = self.accelerator.reduce(torch.tensor(totals["loss"], device=self.accelerator.device), "mean").item()
+        self.log.append({"step": self.step, "epoch": epoch, **totals, "loss": loss,
+                         "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def _accumulate(self, chunks: list[list], batch_size: int, columns: list[int]) -> dict[str, float]:
+        """Forward and backward of this process's micro-batches of one optimizer step; their mean metrics."""
+        totals: dict[str, float] = {}
+        for chunk in chunks:
+            # syncs (DDP) and steps (DeepSpeed's engine) at the last micro-batch of the step only
+            with self.accelerator.accumulate(self.model):
+                out = self._micro_step(chunk, columns)
+                # weight of this micro-batch in the global mean; accelerate (or the DeepSpeed engine)
+                # divides by gradient_accumulation_steps itself, and DDP averages over processes
+                self.accelerator.backward(out.loss * len(chunk) * self.world * len(chunks) / batch_size)
+            for key, value in {"loss": out.loss.item(), **out.metrics}.items():
+                totals[key] = totals.get(key, 0.0) + value / len(chunks)
+        return totals
+
+    def _micro_step(self, chunk: list, columns: list[int]):
+        """The loss of one micro-batch (and, for a stateful method, its examples' new state)."""
+        pad_id, method = self.tokenizer.pad_token_id, self.method
+        fwd = forward_logps(self.model, chunk, pad_id, self.share_prompts)
+        batch = Batch(fwd.logps, fwd.mask)
+        if chunk[0].label is not None:
+            batch.labels = torch.tensor([e.label for e in chunk])
+        if self.reference is not None:
+            self.reference.fill(batch, chunk, columns, pad_id, self.share_prompts)
+        if method.edit_mask:
+            batch.edit_mask = edit_masks(fwd.input_ids, self.stopwords)
+        state = None
+        if method.kl_pairs:
+            batch.kl_logps = fwd.kl_logps
+            state = self.accelerator.reduce(kto_kl(batch), "mean")  # TRL: gathered over processes, then clamped
+        elif method.stateful:
+            idx = torch.tensor([self.slot[e.id] for e in chunk])
+            state = self.u[idx].to(fwd.logps.device, fwd.logps.dtype)
+        out = LOSSES[self.hp["method"]](batch, self.hp, state)
+        if method.stateful:  # this process's examples get their new u (averaged over processes at epoch end)
+            self.u[idx], self.visited[idx] = out.state.double().cpu(), 1.0
+        return out
+
+    def _checkpoint_if_due(self, preempted: bool) -> None:
+        """A checkpoint every `checkpoint_every` steps, and on preemption (then exit for requeue)."""
+        every = self.hp.get("checkpoint_every") or 0
+        if self.step < self.total_steps and (preempted or (every and self.step % every == 0)):
+            checkpoint.save(self.accelerator, self.args.outdir, self.step, {
+                "fingerprint": self.fingerprint, "log": self.log, "responses_truncated": self.n_truncated},
+                {"u": self.u, "visited": self.visited}, keep=self.hp["keep_checkpoints"])
+        if preempted:
+            self.bar.close()
+            self.accelerator.print(f"preempted: checkpoint at step {self.step} saved; exiting for requeue")
+            sys.exit(PREEMPTED_EXIT)
+
+    def _finish(self) -> None:
+        """Save the whole model (ZeRO-3 partitions gathered, LoRA merged) and the run's records; drop checkpoints."""
+        accelerator, hp = self.accelerator, self.hp
+        state_dict, unwrapped = None, accelerator.unwrap_model(self.model)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            state_dict = accelerator.get_state_dict(self.model)  # gathers ZeRO-3 partitions (a collective)
+        elif hp.get("lora") and accelerator.is_main_process:
+            unwrapped = merged_lora(unwrapped, self.args, hp)
+        if accelerator.is_main_process:
+            _save(unwrapped, state_dict, self.tokenizer, self.log, self.args, hp, self.inputs, self._batching())
+        accelerator.wait_for_everyone()
+        checkpoint.remove_all(accelerator, self.args.outdir)
+
+    def _batching(self) -> dict:
+        """How the run was laid out over processes and steps (recorded in run.json)."""
+        per_epoch = self.steps_per_epoch * self.hp["batch_size"]
+        return {"distributed_type": str(self.accelerator.distributed_type).split(".")[-1],
+                "device": str(self.accelerator.device), "world_size": self.world,
+                "gradient_accumulation_steps": self.accum, "effective_global_batch": self.hp["batch_size"],
+                "optimizer_steps": self.total_steps, "examples_per_epoch": per_epoch,
+                "examples_dropped_per_epoch": len(self.records) - per_epoch, "responses_truncated": self.n_truncated,
+                "resumed_from_step": int(self.resumed_from.name[4:]) if self.resumed_from else None}
 
 
 def _agree(accelerator, flag: bool) -> bool:
@@ -270,29 +312,6 @@ def _agree(accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
         return flag
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
-
-
-def _micro_step(accelerator, model, chunk, columns, method, hp, reference, u, visited, slot, pad_id, stopwords,
-                share_prompts):
-    fwd = forward_logps(model, chunk, pad_id, share_prompts)
-    batch = Batch(fwd.logps, fwd.mask)
-    if chunk[0].label is not None:
-        batch.labels = torch.tensor([e.label for e in chunk])
-    if reference is not None:
-        reference.fill(batch, chunk, columns, pad_id, share_prompts)
-    if method.edit_mask:
-        batch.edit_mask = edit_masks(fwd.input_ids, stopwords)
-    state = None
-    if method.kl_pairs:
-        batch.kl_logps = fwd.kl_logps
-        state = accelerator.reduce(kto_kl(batch), "mean")  # TRL: gathered over processes, then clamped
-    elif method.stateful:
-        idx = torch.tensor([slot[e.id] for e in chunk])
-        state = u[idx].to(fwd.logps.device, fwd.logps.dtype)
-    out = LOSSES[hp["method"]](batch, hp, state)
-    if method.stateful:  # this process's examples get their new u (averaged over processes at epoch end)
-        u[idx], visited[idx] = out.state.double().cpu(), 1.0
-    return out
 
 
 def _average_state(accelerator, u: torch.Tensor, visited: torch.Tensor, reset: bool) -> None:
@@ -306,17 +325,18 @@ def _average_state(accelerator, u: torch.Tensor, visited: torch.Tensor, reset: b
 
 
 def _save(model, state_dict, tokenizer, log, args, hp, inputs, batching) -> None:
-    with atomic_path(f"{args.outdir}/model") as tmp:
+    def write(tmp):
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    with atomic_path(f"{args.outdir}/train_log.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(entry, sort_keys=True) + "\n" for entry in log))
+
+    final_weights = save_model_folder(f"{args.outdir}/model", write)
+    write_jsonl(f"{args.outdir}/train_log.jsonl", log)
     write_json(f"{args.outdir}/run.json", {
         "run": args.run, "method": hp["method"], "hyperparameters": hp, "seed": hp["seed"], **batching,
         "base_model": {"model": args.model, "revision": args.revision},
         "reference": {"model": args.ref_model, "revision": args.ref_revision,
                       "source": "cache" if args.refcache else ("live" if args.ref_model else None)},
-        "digests": {**inputs, "final_weights": weights_digest(f"{args.outdir}/model")},
+        "digests": {**inputs, "final_weights": final_weights},
         "final_loss": log[-1]["loss"], "versions": package_versions(),
     })
 
@@ -337,7 +357,7 @@ def main(argv: list[str] | None) -> None:
                         help="the config entries of the run's models allow their own code")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    train(args, json.loads(args.params))
+    Trainer(args, json.loads(args.params)).run()
 
 
 if __name__ == "__main__":
