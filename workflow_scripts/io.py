@@ -77,15 +77,19 @@ def record_digest(path: str | os.PathLike, digest: str) -> None:
         tmp.write_text(f"{digest}  {Path(path).name}\n")
 
 
+def recorded_digest(path: str | os.PathLike) -> str | None:
+    """The digest recorded beside `path` when it was written, or None when nothing was recorded."""
+    record = digest_record(path)
+    return (record.read_text().split() or [""])[0] if record.is_file() else None
+
+
 def check_digest(path: str | os.PathLike, digest: str) -> None:
     """`digest` (of `path`'s content) must be the one recorded when `path` was written, where one was."""
-    record = digest_record(path)
-    if record.is_file():
-        recorded = (record.read_text().split() or [""])[0]
-        if recorded != digest:
-            raise InputError(path, f"the content (sha256 {digest[:16]}) is not what was written (sha256 "
-                             f"{recorded[:16]}, {record.name}): it was changed or cut afterwards; delete it and "
-                             f"rerun snakemake, which rebuilds it")
+    recorded = recorded_digest(path)
+    if recorded is not None and recorded != digest:
+        raise InputError(path, f"the content (sha256 {digest[:16]}) is not what was written (sha256 "
+                         f"{recorded[:16]}, {digest_record(path).name}): it was changed or cut afterwards; delete it "
+                         f"and rerun snakemake, which rebuilds it")
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -194,9 +198,14 @@ def sha256_tree(path: str | os.PathLike, pattern: str = "*") -> str:
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
+    return combine_digests((f.relative_to(path), sha256_file(f)) for f in sorted(path.rglob(pattern)) if f.is_file())
+
+
+def combine_digests(files: Iterable[tuple[Path, str]]) -> str:
+    """A folder's digest from its files' (relative path, sha256), in path order (what sha256_tree hashes)."""
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob(pattern) if p.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    for name, digest in files:
+        h.update(str(name).encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
 
 
