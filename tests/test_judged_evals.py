@@ -2,6 +2,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 
 from workflow_scripts import head2head, judges, math_eval
@@ -84,6 +85,9 @@ def test_pairwise_against_the_starting_model(tmp_path, split):
                            reference=answers(tmp_path, "base", BASE_TEXTS))
     s = result["scores"]["pairwise"]
     assert (s["win"], s["tie"], s["loss"], s["adjusted_win_rate"], s["n_total"]) == (50.0, 25.0, 25.0, 62.5, 4)
+    # standard errors over the prompts: outcomes (1, 1, 0, 0) for win, (1, 1, .5, 0) for the adjusted win rate
+    assert s["stderr"]["win"] == pytest.approx(100 * np.std([1, 1, 0, 0], ddof=1) / 2)
+    assert s["stderr"]["adjusted_win_rate"] == pytest.approx(100 * np.std([1, 1, 0.5, 0], ddof=1) / 2)
     rows = [json.loads(line) for line in (tmp_path / "pairwise.samples.jsonl").read_text().splitlines()]
     assert [r["preference"] for r in rows] == [2.0, 2.0, 1.5, 1.0]
     # one protocol for every row of a table, whatever model each run started from

@@ -16,14 +16,14 @@ PROTOCOL = "lm-eval-harness 0.4.13 (hf, float32); gen 0-shot, mc 0-shot; chat te
 
 EXPECTED_TEX = r"""\begin{table}[t]
 \centering
-\caption{Synthetic GSM8K. Protocol: lm-eval-harness 0.4.13 (hf, float32); gen 0-shot, mc 0-shot; chat template on; batch size 64; seed 0.}
+\caption{Synthetic GSM8K. $\pm$: the standard deviation over training seeds for rows with several seeds, else the evaluation's standard error over its prompts. Protocol: lm-eval-harness 0.4.13 (hf, float32); gen 0-shot, mc 0-shot; chat template on; batch size 64; seed 0.}
 \label{tab:main}
 \begin{tabular}{lccc}
 \toprule
 Method & GSM\_EM & MC & Avg \\
 \midrule
-base & 10.0 & 25.0 & 17.5 \\
-sft & \textbf{50.0} & 40.0 & 45.0 \\
+base & 10.0 $\pm$ 1.0 & 25.0 & 17.5 \\
+sft & \textbf{50.0 $\pm$ 1.0} & 40.0 & 45.0 \\
 dft & 45.0 $\pm$ 7.1 & \textbf{60.0 $\pm$ 0.0} & \textbf{52.5 $\pm$ 3.5} \\
 \bottomrule
 \end{tabular}
@@ -52,9 +52,11 @@ def test_tex_matches_expected_text(files):
 
 def test_markdown_and_csv(files):
     out = tables.render(TABLE, *tables.collect(TABLE, files))
-    assert "| sft | **50.0** | 40.0 | 45.0 |" in out["md"]
-    assert out["csv"].splitlines()[0] == "method,GSM_EM,GSM_EM_std,GSM_EM_n,MC,MC_std,MC_n,Avg,Avg_std,Avg_n"
-    assert out["csv"].splitlines()[3].startswith("dft,45.000000,7.071068,2,60.000000,0.000000,2,52.500000")
+    assert "| sft | **50.0 ± 1.0** | 40.0 | 45.0 |" in out["md"]
+    assert out["csv"].splitlines()[0] == ("method,GSM_EM,GSM_EM_std,GSM_EM_stderr,GSM_EM_n,MC,MC_std,MC_stderr,MC_n,"
+                                          "Avg,Avg_std,Avg_stderr,Avg_n")
+    assert out["csv"].splitlines()[1] == "base,10.000000,,1.000000,1,25.000000,,,1,17.500000,,,1"
+    assert out["csv"].splitlines()[3].startswith("dft,45.000000,7.071068,,2,60.000000,0.000000,,2,52.500000")
 
 
 def test_missing_score_is_an_error_naming_the_file(files, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -84,13 +85,15 @@ def length_controlled(df, difficulty_file: str) -> dict:
 
 def pairwise_scores(judged: list[dict]) -> dict:
     """Win / tie / loss shares of the model against its starting model and the adjusted win rate
-    (win + tie / 2), in percent."""
+    (win + tie / 2), in percent, each with its standard error over the prompts."""
     n = len(judged)
-    win = sum(j["preference"] > DRAW for j in judged) / n
-    loss = sum(j["preference"] < DRAW for j in judged) / n
-    tie = 1 - win - loss
-    return {"win": 100 * win, "tie": 100 * tie, "loss": 100 * loss, "adjusted_win_rate": 100 * (win + tie / 2),
-            "n_total": n, "stderr": {}}
+    outcomes = {"win": [float(j["preference"] > DRAW) for j in judged],
+                "loss": [float(j["preference"] < DRAW) for j in judged]}
+    outcomes["tie"] = [1 - w - lo for w, lo in zip(outcomes["win"], outcomes["loss"])]
+    outcomes["adjusted_win_rate"] = [w + t / 2 for w, t in zip(outcomes["win"], outcomes["tie"])]
+    scores = {k: 100 * statistics.fmean(v) for k, v in outcomes.items()}
+    stderr = {k: 100 * statistics.stdev(v) / math.sqrt(n) if n > 1 else None for k, v in outcomes.items()}
+    return {**scores, "n_total": n, "stderr": stderr}
 
 
 def main(argv: list[str] | None) -> None:

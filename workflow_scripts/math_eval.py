@@ -59,9 +59,12 @@ def score_task(task: str, answered: list[tuple[dict, dict]]) -> tuple[dict, list
     accuracy = [statistics.fmean(c for c, _ in v) for v in per_problem.values()]
     answered_share = [statistics.fmean(a for _, a in v) for v in per_problem.values()]
     n = len(accuracy)
-    stderr = statistics.stdev(accuracy) / math.sqrt(n) if n > 1 else None
+
+    def stderr(values):
+        return statistics.stdev(values) / math.sqrt(n) if n > 1 else None
     return {"accuracy": statistics.fmean(accuracy), "answered": statistics.fmean(answered_share), "n": n,
-            "samples_per_problem": len(samples) / n, "stderr": {"accuracy": stderr}}, samples
+            "samples_per_problem": len(samples) / n,
+            "stderr": {"accuracy": stderr(accuracy), "answered": stderr(answered_share)}}, samples
 
 
 def decoding(s: dict) -> str:
