@@ -24,13 +24,13 @@ rule build_tiny_model:
 
 
 rule build_synthetic_dataset:
-    """Synthetic GSM8K-style problems in raw form (question, answer ending in '#### N')."""
+    """Synthetic arithmetic word problems in raw form, in the columns of the configured dataset format."""
     input:
         script=code("synthetic"),
     output:
         directory(f"{R}/raw/{{dataset}}"),
     params:
-        spec=lambda w: js({k: config["datasets"][w.dataset][k] for k in ("seed", "max_operand", "splits")}),
+        spec=lambda w: js({k: config["datasets"][w.dataset][k] for k in ("seed", "max_operand", "splits", "format")}),
     log:
         f"{R}/logs/build_synthetic_dataset/{{dataset}}.log",
     conda:

@@ -28,6 +28,29 @@ def test_synthetic_splits_are_disjoint_deterministic_and_gsm8k_shaped():
         assert all(int(x) <= 20 for x in p["question"].split() if x.isdigit())
 
 
+FORMAT_MAPPINGS = {  # the mappings the paper configs use for the real datasets
+    "gsm8k": {"prompt": "question", "chosen": "answer", "answer_after": "####"},
+    "metamathqa": {"prompt": "query", "chosen": "response", "answer_after": "The answer is: "},
+    "math": {"prompt": "problem", "chosen": "solution", "answer": "answer"},
+    "ultrafeedback": {"id": "prompt_id", "prompt": "prompt", "chosen": "chosen[1].content",
+                      "rejected": "rejected[1].content", "answer_after": "####"},
+}
+
+
+@pytest.mark.parametrize("fmt", FORMAT_MAPPINGS)
+def test_synthetic_sets_in_the_real_formats_read_through_the_real_mappings(fmt):
+    """The same problems in each dataset's columns normalise to the same prompts and final answers."""
+    problems = synthetic.make_splits(0, {"train": 30}, 20)["train"]
+    rows = [synthetic.in_format(p, fmt) for p in problems]
+    recs = data.normalise(list(enumerate(rows)), fmt, "train", FORMAT_MAPPINGS[fmt], f"{fmt}.jsonl")
+    assert [r["prompt"][0]["content"] for r in recs] == [p["question"] for p in problems]
+    assert [r["answer"] for r in recs] == [p["answer"].rsplit("#### ", 1)[1] for p in problems]
+    marks = {"gsm8k": "<<", "metamathqa": "\nThe answer is: ", "math": "\\boxed{", "ultrafeedback": "#### "}
+    assert all(marks[fmt] in r["chosen"] for r in recs)
+    if fmt == "ultrafeedback":
+        assert all(r["rejected"] != r["chosen"] and r["rejected"].rsplit("#### ", 1)[1] != r["answer"] for r in recs)
+
+
 def test_normalise_makes_stable_ids_and_answers():
     rows = synthetic.make_splits(0, {"train": 5}, 20)["train"]
     recs = data.normalise(list(enumerate(rows)), "arith", "train", MAPPING, "src.jsonl")

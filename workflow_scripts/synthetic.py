@@ -1,11 +1,22 @@
 """Synthetic GSM8K-style arithmetic word problems and a pre-training corpus.
 
 Problems have one or two steps with operands in [1, max_operand]; solutions are one line per
-step ("7 + 5 = 12") and end with "#### <answer>", as GSM8K does.
+step ("7 + 5 = 12") and end with "#### <answer>" (`format: plain`). The same problems can be written
+in the columns and conventions of the papers' datasets, so that the data stage reads them through the
+mappings those datasets need:
+
+- `gsm8k`: question / answer, steps with calculator annotations ("7 + 5 = <<7+5=12>>12"), "#### 12";
+- `metamathqa`: query / response / type / original_question, the response ending "The answer is: 12";
+- `math`: MATH-500's problem / solution / answer / subject / level / unique_id, the solution in LaTeX
+  ending in `\boxed{12}`;
+- `ultrafeedback`: UltraFeedback-binarized's prompt / prompt_id / chosen / rejected / messages /
+  score_chosen / score_rejected, chosen and rejected as [user, assistant] chat messages (the rejected
+  answer's steps are off by a few).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 
@@ -61,6 +72,51 @@ def make_splits(seed: int, sizes: dict[str, int], max_operand: int) -> dict[str,
     return out
 
 
+def _steps(answer: str) -> tuple[list[tuple[str, str, str, str]], str]:
+    """((a, op, b, result) per step, final answer) of a plain solution."""
+    *lines, last = answer.split("\n")
+    steps = []
+    for line in lines:
+        expr, result = line.split(" = ")
+        a, op, b = expr.split(" ")
+        steps.append((a, op, b, result))
+    return steps, last.removeprefix("#### ")
+
+
+def _wrong(answer: str, index: int) -> str:
+    """A plain solution whose results are off by 1 to 3 (deterministic per problem)."""
+    steps, total = _steps(answer)
+    shift = index % 3 + 1
+    lines = [f"{a} {op} {b} = {int(r) + shift}" for a, op, b, r in steps]
+    return "\n".join(lines + [f"#### {int(total) + shift}"])
+
+
+def in_format(problem: dict, fmt: str) -> dict:
+    """A plain problem ({question, answer, index}) as a record of the named dataset format."""
+    q, answer, index = problem["question"], problem["answer"], problem["index"]
+    steps, total = _steps(answer)
+    if fmt == "plain":
+        return problem
+    if fmt == "gsm8k":
+        lines = [f"{a} {op} {b} = <<{a}{op}{b}={r}>>{r}" for a, op, b, r in steps]
+        return {"question": q, "answer": "\n".join(lines + [f"#### {total}"])}
+    if fmt == "metamathqa":
+        lines = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
+        return {"query": q, "response": "\n".join(lines + [f"#### {total}", f"The answer is: {total}"]),
+                "type": "GSM_AnsAug", "original_question": q}
+    if fmt == "math":
+        work = ", then ".join(f"${a} {op} {b} = {r}$" for a, op, b, r in steps)
+        return {"problem": q, "solution": f"We compute {work}. The answer is $\\boxed{{{total}}}$.", "answer": total,
+                "subject": "Prealgebra", "level": 1, "unique_id": f"test/prealgebra/{index}.json"}
+    if fmt == "ultrafeedback":
+        def chat(solution):
+            return [{"role": "user", "content": q}, {"role": "assistant", "content": solution}]
+        chosen, rejected = chat(answer), chat(_wrong(answer, index))
+        return {"prompt": q, "prompt_id": hashlib.sha256(q.encode()).hexdigest(), "chosen": chosen,
+                "rejected": rejected, "messages": chosen, "score_chosen": 8.0, "score_rejected": 3.0}
+    raise ValueError(f"unknown format {fmt!r}")
+
+
 def pretraining_corpus(seed: int, n_documents: int, max_operand: int) -> list[str]:
     """Plain-text documents: arithmetic facts and story sentences, no question/solution pairs."""
     rng = random.Random(seed)
@@ -82,14 +138,14 @@ def pretraining_corpus(seed: int, n_documents: int, max_operand: int) -> list[st
 
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", required=True, help="JSON: seed, max_operand, splits {name: size}")
+    parser.add_argument("--params", required=True, help="JSON: seed, max_operand, splits {name: size}, format")
     parser.add_argument("--outdir", required=True)
     args = parser.parse_args(argv)
     p = json.loads(args.params)
     splits = make_splits(p["seed"], p["splits"], p["max_operand"])
     for split, records in splits.items():
-        n = write_jsonl(f"{args.outdir}/{split}.jsonl", records)
-        print(f"{split}: {n} problems")
+        n = write_jsonl(f"{args.outdir}/{split}.jsonl", [in_format(r, p["format"]) for r in records])
+        print(f"{split}: {n} problems ({p['format']} format)")
 
 
 if __name__ == "__main__":
