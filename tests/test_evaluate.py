@@ -93,3 +93,18 @@ def test_lm_eval_vllm_backend_agrees_with_hf(trained_tiny, tasks_dir, tmp_path):
     assert vllm["scores"]["toy_mc"]["acc"] == hf["scores"]["toy_mc"]["acc"]
     assert vllm["scores"]["toy_mc"]["acc_norm"] == hf["scores"]["toy_mc"]["acc_norm"]
     assert abs(vllm["scores"]["toy_gen"]["exact_match"] - hf["scores"]["toy_gen"]["exact_match"]) <= 1 / 6
+
+
+@pytest.mark.parametrize("fmt", ["plain", "gsm8k"])
+def test_choice_distractors_change_the_last_step_and_the_answer_only(fmt):
+    """In plain and GSM8K-annotated solutions, each distractor's last step (and its <<a-b=c>>
+    annotation) ends at the wrong final answer; the earlier steps are the correct solution's."""
+    import random
+
+    for p in synthetic.make_splits(4, {"train": 20}, 20)["train"]:
+        solution, answer = synthetic.in_format(p, fmt)["answer"], p["answer"].rsplit("#### ", 1)[1]
+        for wrong in lm_eval_tasks.wrong_solutions(solution, answer, random.Random(0)):
+            *steps, last_step, final = wrong.split("\n")
+            value = final.removeprefix("#### ")
+            assert value != answer and steps == solution.split("\n")[:-2]
+            assert last_step.endswith(f"={value}>>{value}" if fmt == "gsm8k" else f"= {value}")

@@ -29,7 +29,8 @@ def wrong_solutions(solution: str, answer: str, rng: random.Random, n: int = 3) 
     for d in deltas:
         wrong = value + d
         body = lines[:-1]
-        body[-1] = re.sub(r"= -?\d+$", f"= {wrong}", body[-1])
+        body[-1] = re.sub(r"-?\d+$", str(wrong), body[-1])  # the last step's result
+        body[-1] = re.sub(r"=-?\d+>>", f"={wrong}>>", body[-1])  # and its GSM8K calculator annotation, if any
         out.append("\n".join(body + [f"#### {wrong}"]))
     return out
 
