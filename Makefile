@@ -53,7 +53,7 @@ real: setup setup-models
 test: setup setup-vllm setup-models
 	pytest -q --durations=25 tests
 
-bench: setup setup-vllm
+bench: setup setup-vllm setup-models
 	python -m bench.run
 
 gpu-check:

