@@ -6,6 +6,8 @@
 # make verify : every artifact under results/ against the digests recorded when it was written (and the manifest)
 # make gpu-check : the paper path on one GPU in minutes (bench/gpu_check.py -> bench/gpu_check.json); it uses the
 #              python on PATH (.venv when made here; on a GPU machine, its CUDA stack) and installs nothing
+# the environments are set up side by side (make test needs all three)
+MAKEFLAGS += --jobs=3
 VENV ?= .venv
 VLLM_VENV ?= .venv-vllm
 CORES ?= 2

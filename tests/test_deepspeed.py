@@ -5,6 +5,7 @@ precision with gradient checkpointing, and every paper config's training command
 
 The first DeepSpeed run on a machine JIT-compiles DeepSpeed's shared-memory allreduce (about a minute,
 cached in ~/.cache/torch_extensions)."""
+import dataclasses
 import json
 import os
 import shlex
@@ -175,15 +176,17 @@ def miniature_data(tiny_world, tmp_path_factory):
     return str(root / "pairs.jsonl"), str(root / "unpaired.jsonl")
 
 
-SHAPE = ("method", "dtype", "precision", "gradient_checkpointing", "attn_implementation", "sample", "unpaired")
+SHAPE = ("dtype", "precision", "gradient_checkpointing", "attn_implementation", "sample", "unpaired")
 EXERCISED = set()  # the code paths (launch and run shape) already trained by a test of this module
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
 def test_paper_training_commands_run_in_miniature(path, tiny_world, miniature_data, tmp_path):
-    """Each planned training command whose shape (processes, DeepSpeed stage, method, precision,
-    checkpointing, attention, LoRA, data kind) no earlier command had; runs that differ only in numbers
-    (seeds, SPIN iterations, learning rates, method knobs) take the same code path."""
+    """Each planned training command whose shape (processes, DeepSpeed stage, precision, checkpointing,
+    attention, LoRA, data kind, and what the method needs: negatives, a reference, per-token reference
+    log-probs, an edit mask, KL pairs, a per-example state) no earlier command had; runs that differ only
+    in numbers (seeds, SPIN iterations, learning rates, method knobs) or in the loss alone (tested against
+    float64 and TRL in test_losses.py / test_trl_reference.py) take the same code path."""
     model, (pairs, unpaired) = tiny_world[0], miniature_data
     commands = planned_train_commands(path, tmp_path / "plan")
     assert commands
@@ -191,7 +194,8 @@ def test_paper_training_commands_run_in_miniature(path, tiny_world, miniature_da
         hp = json.loads(cmd[cmd.index("--params") + 1])
         processes, deepspeed, args, small = miniature(cmd, model, unpaired if hp.get("unpaired") else pairs,
                                                       tmp_path / f"run{i}")
-        shape = json.dumps([processes, deepspeed, bool(small["lora"]), [small.get(k) for k in SHAPE]])
+        shape = json.dumps([processes, deepspeed, bool(small["lora"]), [small.get(k) for k in SHAPE],
+                            dataclasses.astuple(METHODS[small["method"]])[1:]])
         if shape in EXERCISED:
             continue
         EXERCISED.add(shape)
