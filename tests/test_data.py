@@ -1,11 +1,16 @@
 """Data normalisation, validation messages, merge on id and the synthetic set."""
 import json
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from workflow_scripts import data, merge, synthetic
+from workflow_scripts.answers import answers_equal
 from workflow_scripts.io import InputError, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MAPPING = {"id": "index", "prompt": "question", "chosen": "answer", "answer_after": "####"}
 
@@ -28,27 +33,41 @@ def test_synthetic_splits_are_disjoint_deterministic_and_gsm8k_shaped():
         assert all(int(x) <= 20 for x in p["question"].split() if x.isdigit())
 
 
-FORMAT_MAPPINGS = {  # the mappings the paper configs use for the real datasets
-    "gsm8k": {"prompt": "question", "chosen": "answer", "answer_after": "####"},
-    "metamathqa": {"prompt": "query", "chosen": "response", "answer_after": "The answer is: "},
-    "math": {"prompt": "problem", "chosen": "solution", "answer": "answer"},
-    "ultrafeedback": {"id": "prompt_id", "prompt": "prompt", "chosen": "chosen[1].content",
-                      "rejected": "rejected[1].content", "answer_after": "####"},
-}
+def paper_mappings() -> dict[str, tuple[str, dict]]:
+    """`format (config:dataset)` -> (format, mapping) for every hub dataset of the paper configs and the
+    real-model world: the synthetic stand-in read through the mapping the config reads the hub one with."""
+    out = {}
+    for path in sorted((ROOT / "experiments").glob("*.yaml")) + [ROOT / "real.yaml"]:
+        for name, d in yaml.safe_load(path.read_text())["datasets"].items():
+            fmt = synthetic.HUB_FORMATS.get(d.get("hf_id")) or d.get("format")
+            out[f"{fmt} ({path.stem}:{name})"] = fmt, d["mapping"]
+    return out
 
 
-@pytest.mark.parametrize("fmt", FORMAT_MAPPINGS)
-def test_synthetic_sets_in_the_real_formats_read_through_the_real_mappings(fmt):
+PAPER_MAPPINGS = paper_mappings()
+
+
+def test_every_format_is_read_by_a_config():
+    assert {fmt for fmt, _ in PAPER_MAPPINGS.values()} == set(synthetic.HUB_FORMATS.values())
+
+
+@pytest.mark.parametrize("case", PAPER_MAPPINGS)
+def test_synthetic_sets_in_the_real_formats_read_through_the_real_mappings(case):
     """The same problems in each dataset's columns normalise to the same prompts and final answers."""
+    fmt, mapping = PAPER_MAPPINGS[case]
     problems = synthetic.make_splits(0, {"train": 30}, 20)["train"]
     rows = [synthetic.in_format(p, fmt) for p in problems]
-    recs = data.normalise(list(enumerate(rows)), fmt, "train", FORMAT_MAPPINGS[fmt], f"{fmt}.jsonl")
+    recs = data.normalise(list(enumerate(rows)), fmt, "train", mapping, f"{fmt}.jsonl")
     assert [r["prompt"][0]["content"] for r in recs] == [p["question"] for p in problems]
-    assert [r["answer"] for r in recs] == [p["answer"].rsplit("#### ", 1)[1] for p in problems]
-    marks = {"gsm8k": "<<", "metamathqa": "\nThe answer is: ", "math": "\\boxed{", "ultrafeedback": "#### "}
-    assert all(marks[fmt] in r["chosen"] for r in recs)
-    if fmt == "ultrafeedback":
-        assert all(r["rejected"] != r["chosen"] and r["rejected"].rsplit("#### ", 1)[1] != r["answer"] for r in recs)
+    truths = [p["answer"].rsplit("#### ", 1)[1] for p in problems]
+    if mapping.get("answer") or mapping.get("answer_after"):
+        assert all(answers_equal(r["answer"], t) for r, t in zip(recs, truths))
+    marks = {"gsm8k": "<<", "metamathqa": "\nThe answer is: ", "ultrafeedback": "#### ",
+             "argilla_ultrafeedback": "#### ", "minervamath": "", "amc": ""}  # the others: LaTeX solutions
+    assert all(marks.get(fmt, "\\boxed{") in r["chosen"] for r in recs)
+    if mapping.get("rejected"):
+        assert all(r["rejected"] != r["chosen"] and r["rejected"].rsplit("#### ", 1)[1] != t
+                   for r, t in zip(recs, truths))
 
 
 def test_normalise_makes_stable_ids_and_answers():
@@ -255,3 +274,9 @@ def test_hub_files_read_a_repo_file_at_the_revision(tmp_path, monkeypatch):
     records = read_jsonl(out)
     assert [r["prompt"][-1]["content"] for r in records] == [f"Say {i}." for i in range(5)]
     assert [r["chosen"] for r in records] == [str(i) for i in range(5)]
+
+
+def test_an_empty_pairs_file_is_refused_by_name(tmp_path):
+    path = write(tmp_path / "pairs.jsonl", [])
+    with pytest.raises(InputError, match="pairs.jsonl: no records; the trainer needs at least one"):
+        data.read_pairs(path, reader="the trainer")

@@ -176,3 +176,14 @@ def test_model_editor_rewrites_with_the_template(tiny_world, tmp_path):
     assert stats["records"] == 8 and stats["pairs"] + stats["dropped_empty_rewrites"] == 8
     messages = bridge.editor_messages(params["template"], read_jsonl(pairs_file)[0])
     assert messages[0]["content"].startswith("Question: ") and "\nFix: " in messages[0]["content"]
+
+
+def test_an_editor_that_rewrites_nothing_is_refused_before_writing(tiny_world, tmp_path, monkeypatch):
+    """All rewrites empty (an editor that only emits whitespace): no pairs, a named error, no output."""
+    monkeypatch.setattr(bridge, "model_editor", lambda *args: lambda chunk: [" \n"] * len(chunk))
+    params = {**SC_PARAMS, "editor": "blank", "template": "{prompt}{winning}{losing}", "seed": 0, "limit": 8}
+    out = tmp_path / "bridge.jsonl"
+    with pytest.raises(InputError, match="pairs.jsonl: the editor blank rewrote each of the 8 .*no bridged pairs"):
+        bridge.main(["--params", json.dumps(params), "--source", tiny_world[1], "--editor", tiny_world[0], "--output", str(out),
+                     "--stats", str(tmp_path / "stats.json")])
+    assert not out.exists() and not (tmp_path / "stats.json").exists()

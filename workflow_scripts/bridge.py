@@ -24,7 +24,7 @@ import torch
 from .backends import Request, Sampling, request_seed
 from .data import read_pairs
 from .generate import LazyBackend, fingerprint, prompt_ids
-from .io import InputError, run_cli, sha256_file, write_json
+from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
 from .models import load_tokenizer
 from .shards import run_in_shards
 
@@ -139,8 +139,14 @@ def main(argv: list[str] | None) -> None:
     else:
         edit = model_editor(args.editor, args.revision, p, args.trust_remote_code)
         identity = fingerprint("bridge", p, p["seed"], args.source, args.editor, args.revision)
+    def finish(pairs):
+        if not pairs:  # refused before anything is written (the finished shards stay for a rerun)
+            raise InputError(args.source, f"the editor {p['editor']} rewrote each of the {len(records)} losing "
+                             "responses to an empty text: no bridged pairs")
+        write_jsonl(args.output, pairs)
+
     pairs, resumed = run_in_shards(args.output, records, lambda chunk: bridge(chunk, edit(chunk)), identity,
-                                   p["shard_size"], f"bridge ({p['editor']})")
+                                   p["shard_size"], f"bridge ({p['editor']})", finish)
     stats = {"editor": p["editor"], "records": len(records), "pairs": len(pairs),
              "dropped_empty_rewrites": len(records) - len(pairs), **distances(pairs)}
     write_json(args.stats, stats)

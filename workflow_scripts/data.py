@@ -180,6 +180,8 @@ def read_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = Fals
                 raise error("must be a list of strings", "negatives")
 
     records = read_jsonl(path, validate)
+    if not records:
+        raise InputError(path, f"no records; {reader} needs at least one")
     require_unique_ids(path, records)
     for lineno, r in enumerate(records, start=1):
         if "negatives" not in r:
