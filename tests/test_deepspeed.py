@@ -1,14 +1,13 @@
 """DeepSpeed ZeRO-2/3 on this CPU (DeepSpeed's CPU accelerator over gloo), through the rules' launcher
 and the cluster's accelerate configs: the same weights as one process, a full model that
 `from_pretrained` loads, resume after SIGKILL mid-epoch with every process's DFT state, bf16 mixed
-precision with gradient checkpointing, and every paper config's training command in miniature.
+precision with gradient checkpointing (every paper config's runs train under DeepSpeed in
+tests/test_miniature.py).
 
 The first DeepSpeed run on a machine JIT-compiles DeepSpeed's shared-memory allreduce (about a minute,
 cached in ~/.cache/torch_extensions)."""
-import dataclasses
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -18,7 +17,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_experiments import EXPERIMENTS, ids, plan
 from test_trainer import ROOT, hp_for, run_train
 from workflow_scripts.config import METHODS
 
@@ -132,75 +130,3 @@ def test_zero3_bf16_mixed_with_checkpointing_moves_like_float32(tiny_world, tmp_
     d16 = torch.cat([(bf16[n].float() - initial[n]).flatten() for n in initial])
     assert torch.nn.functional.cosine_similarity(d32, d16, 0) > 0.98  # measured 0.997 without checkpointing
     assert 0.95 < (d16.norm() / d32.norm()).item() < 1.05
-
-
-# ------------------------------------------------------------- every paper run, in miniature
-
-def planned_train_commands(path: Path, workdir: Path) -> list[list[str]]:
-    """The train rule's shell commands of a paper config's dry run (`snakemake -n -p`)."""
-    result = plan(path, workdir, False, True)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    lines = [line.strip().removeprefix("Shell command: ") for line in result.stdout.splitlines()]
-    return [shlex.split(line.split(" > ")[0]) for line in lines
-            if line.startswith("python -m workflow_scripts.launch") and " workflow_scripts.train " in line]
-
-
-def miniature(cmd: list[str], model: str, data: str, outdir: Path) -> tuple[int, str | None, list[str], dict]:
-    """(processes, deepspeed, train args, hp) of a planned command on the tiny world: at most 2 processes,
-    a global batch of 8, 128-token rows, one epoch; method, precision, DeepSpeed stage, LoRA,
-    checkpointing and every method setting as planned (a GPU's kernels swapped for the CPU's: QLoRA's
-    4-bit base -> plain LoRA, flash_attention_2 -> sdpa)."""
-    launch_args, train = cmd[3:cmd.index("workflow_scripts.train")], cmd[cmd.index("workflow_scripts.train") + 1:]
-    processes = min(int(launch_args[launch_args.index("--processes") + 1]), 2)
-    deepspeed = launch_args[launch_args.index("--deepspeed") + 1] if "--deepspeed" in launch_args else None
-    hp = json.loads(train[train.index("--params") + 1])
-    hp.update(batch_size=8, micro_batch_size=2, epochs=1, max_length=128, max_prompt_length=64, checkpoint_every=0,
-              lr=1e-4)
-    if hp["lora"]:
-        hp["lora"] = {**hp["lora"], "load_in_4bit": False}
-    if hp["attn_implementation"] == "flash_attention_2":
-        hp["attn_implementation"] = "sdpa"
-    return processes, deepspeed, train_args(model, data, hp, outdir), hp
-
-
-@pytest.fixture(scope="module")
-def miniature_data(tiny_world, tmp_path_factory):
-    """16 of the tiny world's pairs (two optimizer steps of the miniatures' batch of 8), and the same as KTO's
-    labelled single completions (32 rows)."""
-    records = [json.loads(line) for line in Path(tiny_world[1]).read_text().splitlines()][:16]
-    rows = [{"id": f"{r['id']}-{j}", "prompt": r["prompt"], "chosen": text, "label": j == 0}
-            for r in records for j, text in enumerate([r["chosen"], r["negatives"][0]])]
-    root = tmp_path_factory.mktemp("miniature")
-    for name, lines in (("pairs", records), ("unpaired", rows)):
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    return str(root / "pairs.jsonl"), str(root / "unpaired.jsonl")
-
-
-SHAPE = ("dtype", "precision", "gradient_checkpointing", "attn_implementation", "sample", "unpaired")
-EXERCISED = set()  # the code paths (launch and run shape) already trained by a test of this module
-
-
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
-def test_paper_training_commands_run_in_miniature(path, tiny_world, miniature_data, tmp_path):
-    """Each planned training command whose shape (processes, DeepSpeed stage, precision, checkpointing,
-    attention, LoRA, data kind, and what the method needs: negatives, a reference, per-token reference
-    log-probs, an edit mask, KL pairs, a per-example state) no earlier command had; runs that differ only
-    in numbers (seeds, SPIN iterations, learning rates, method knobs) or in the loss alone (tested against
-    float64 and TRL in test_losses.py / test_trl_reference.py) take the same code path."""
-    model, (pairs, unpaired) = tiny_world[0], miniature_data
-    commands = planned_train_commands(path, tmp_path / "plan")
-    assert commands
-    for i, cmd in enumerate(commands):
-        hp = json.loads(cmd[cmd.index("--params") + 1])
-        processes, deepspeed, args, small = miniature(cmd, model, unpaired if hp.get("unpaired") else pairs,
-                                                      tmp_path / f"run{i}")
-        shape = json.dumps([processes, deepspeed, bool(small["lora"]), [small.get(k) for k in SHAPE],
-                            dataclasses.astuple(METHODS[small["method"]])[1:]])
-        if shape in EXERCISED:
-            continue
-        EXERCISED.add(shape)
-        launch(processes, deepspeed, args, tmp_path)
-        run = json.loads((tmp_path / f"run{i}/run.json").read_text())
-        assert run["distributed_type"] == ("DEEPSPEED" if deepspeed else "MULTI_CPU" if processes > 1 else "NO")
-        log = [json.loads(line) for line in (tmp_path / f"run{i}/train_log.jsonl").read_text().splitlines()]
-        assert log and all(torch.isfinite(torch.tensor(e["loss"])) for e in log), (cmd, log)

@@ -11,7 +11,18 @@ mappings those datasets need:
   ending in `\boxed{12}`;
 - `ultrafeedback`: UltraFeedback-binarized's prompt / prompt_id / chosen / rejected / messages /
   score_chosen / score_rejected, chosen and rejected as [user, assistant] chat messages (the rejected
-  answer's steps are off by a few).
+  answer's steps are off by a few);
+- `argilla_ultrafeedback`: argilla/ultrafeedback-binarized-preferences-cleaned's source / prompt / chosen /
+  chosen-rating / chosen-model / rejected / rejected-rating / rejected-model (chat messages as above);
+- `numina_cot`: NuminaMath-CoT's source / problem / solution (ending in `\boxed{12}`) / messages;
+- `minervamath`: math-ai/minervamath's question / answer (the final answer only);
+- `olympiadbench`: math-ai/olympiadbench's id / question / solution and final_answer (one-element lists,
+  the answer as `$12$`) / answer_type / subject / language;
+- `aime`: Maxwell-Jia/AIME_2024's ID / Problem / Solution / Answer (an integer);
+- `amc`: math-ai/amc23's id / question / answer (a float) / url;
+- `alpaca_eval`: tatsu-lab/alpaca_eval's instruction / output / generator / dataset.
+
+`HUB_FORMATS` names the format of each hub dataset the paper configs read.
 """
 from __future__ import annotations
 
@@ -22,6 +33,14 @@ import random
 
 from .io import run_cli, write_jsonl
 
+HUB_FORMATS = {
+    "openai/gsm8k": "gsm8k", "meta-math/MetaMathQA": "metamathqa", "HuggingFaceH4/MATH-500": "math",
+    "HuggingFaceH4/ultrafeedback_binarized": "ultrafeedback",
+    "argilla/ultrafeedback-binarized-preferences-cleaned": "argilla_ultrafeedback",
+    "AI-MO/NuminaMath-CoT": "numina_cot", "math-ai/minervamath": "minervamath",
+    "math-ai/olympiadbench": "olympiadbench", "Maxwell-Jia/AIME_2024": "aime", "math-ai/amc23": "amc",
+    "tatsu-lab/alpaca_eval": "alpaca_eval",
+}
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Max", "Ivy"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "eggs"]
 
@@ -91,6 +110,15 @@ def _wrong(answer: str, index: int) -> str:
     return "\n".join(lines + [f"#### {int(total) + shift}"])
 
 
+def _chat(question: str, solution: str) -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": solution}]
+
+
+def _latex(steps: list[tuple[str, str, str, str]], total: str) -> str:
+    work = ", then ".join(f"${a} {op} {b} = {r}$" for a, op, b, r in steps)
+    return f"We compute {work}. The answer is $\\boxed{{{total}}}$."
+
+
 def in_format(problem: dict, fmt: str) -> dict:
     """A plain problem ({question, answer, index}) as a record of the named dataset format."""
     q, answer, index = problem["question"], problem["answer"], problem["index"]
@@ -105,15 +133,36 @@ def in_format(problem: dict, fmt: str) -> dict:
         return {"query": q, "response": "\n".join(lines + [f"#### {total}", f"The answer is: {total}"]),
                 "type": "GSM_AnsAug", "original_question": q}
     if fmt == "math":
-        work = ", then ".join(f"${a} {op} {b} = {r}$" for a, op, b, r in steps)
-        return {"problem": q, "solution": f"We compute {work}. The answer is $\\boxed{{{total}}}$.", "answer": total,
+        return {"problem": q, "solution": _latex(steps, total), "answer": total,
                 "subject": "Prealgebra", "level": 1, "unique_id": f"test/prealgebra/{index}.json"}
-    if fmt == "ultrafeedback":
-        def chat(solution):
-            return [{"role": "user", "content": q}, {"role": "assistant", "content": solution}]
-        chosen, rejected = chat(answer), chat(_wrong(answer, index))
+    if fmt in ("ultrafeedback", "argilla_ultrafeedback"):
+        chosen, rejected = _chat(q, answer), _chat(q, _wrong(answer, index))
+        if fmt == "argilla_ultrafeedback":
+            return {"source": "synthetic", "prompt": q, "chosen": chosen, "chosen-rating": 5.0,
+                    "chosen-model": "reference", "rejected": rejected, "rejected-rating": 2.0,
+                    "rejected-model": "off-by-some"}
         return {"prompt": q, "prompt_id": hashlib.sha256(q.encode()).hexdigest(), "chosen": chosen,
                 "rejected": rejected, "messages": chosen, "score_chosen": 8.0, "score_rejected": 3.0}
+    return _competition_format(q, steps, total, index, fmt)
+
+
+def _competition_format(q: str, steps: list, total: str, index: int, fmt: str) -> dict:
+    """The math competition and instruction datasets' records (see the module docstring)."""
+    if fmt == "numina_cot":
+        solution = _latex(steps, total)
+        return {"source": "synthetic", "problem": q, "solution": solution, "messages": _chat(q, solution)}
+    if fmt == "minervamath":
+        return {"question": q, "answer": total}
+    if fmt == "olympiadbench":
+        return {"id": index, "question": q, "solution": [_latex(steps, total)], "final_answer": [f"${total}$"],
+                "answer_type": "Numerical", "subject": "Math", "language": "English"}
+    if fmt == "aime":
+        return {"ID": f"2024-I-{index}", "Problem": q, "Solution": _latex(steps, total), "Answer": int(total)}
+    if fmt == "amc":
+        return {"id": index, "question": q, "answer": float(total), "url": f"https://example.invalid/{index}"}
+    if fmt == "alpaca_eval":
+        return {"instruction": q, "output": _latex(steps, total), "generator": "gpt4_1106_preview",
+                "dataset": "synthetic"}
     raise ValueError(f"unknown format {fmt!r}")
 
 

