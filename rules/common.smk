@@ -286,6 +286,14 @@ def evals_of_kind(*kinds):
     return "|".join(names) if names else "(?!)"
 
 
+def judged_evals(model_judge):
+    """A wildcard pattern matching the judged evals (alpaca_eval, pairwise) whose judge is a model run here
+    (`local`), or the others (answer_check, an API annotator): the first need a GPU, the others a CPU."""
+    names = [name for name, e in config["evals"].items()
+             if e["kind"] in ("alpaca_eval", "pairwise") and (e["judge"]["kind"] == "local") == model_judge]
+    return "|".join(names) if names else "(?!)"
+
+
 def answers_file(subject, answer_set):
     return f"{R}/answers/{subject}/{answer_set}.jsonl"
 

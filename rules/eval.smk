@@ -105,9 +105,10 @@ rule math_eval:
 
 rule head2head:
     """A judge compares a model's answers with a reference's: AlpacaEval win rates, or the pairwise
-    comparison of a run with its starting model."""
+    comparison of a run with its starting model. This rule: a judge model run here (a GPU job);
+    head2head_cpu below: the answer checker or an API annotator (a CPU job)."""
     wildcard_constraints:
-        eval=evals_of_kind("alpaca_eval", "pairwise"),
+        eval=judged_evals(model_judge=True),
     input:
         unpack(head2head_inputs),
     output:
@@ -121,8 +122,6 @@ rule head2head:
         judge=judge_args,
         python=lambda w: generate_python(local_judge(w.eval)),
     threads: lambda w: config["evals"][w.eval]["threads"]
-    resources:
-        gpu=lambda w: int(config["evals"][w.eval]["judge"]["kind"] == "local"),
     log:
         f"{R}/logs/evaluate/{{subject}}/{{eval}}.log",
     benchmark:
@@ -133,3 +132,8 @@ rule head2head:
         "{params.python} -m workflow_scripts.head2head --params {params.spec:q} --data {input.data} --answers {input.answers} "
         "{params.reference} --reference-name {params.reference_name:q} --model {params.model} {params.judge} "
         "--output {output.scores} > {log} 2>&1"
+
+
+use rule head2head as head2head_cpu with:
+    wildcard_constraints:
+        eval=judged_evals(model_judge=False),

@@ -179,8 +179,14 @@ def expected_jobs(config: dict) -> dict[str, int]:
     # (instance, eval) per table cell; a column may name its own eval
     evaluated = {(inst, col["eval"] or t["eval"]) for t in tables.values() for col in t["columns"]
                  for row in t["rows"] for inst in instances(row)}
-    kinds = {"lm_eval": "evaluate", "math": "math_eval", "alpaca_eval": "head2head", "pairwise": "head2head"}
-    eval_jobs = {rule: sum(kinds[evals[ev]["kind"]] == rule for _, ev in evaluated) for rule in set(kinds.values())}
+    def rule(e):  # a judge model needs a GPU (head2head), the answer checker or an API annotator does not
+        if e["kind"] in ("lm_eval", "math"):
+            return {"lm_eval": "evaluate", "math": "math_eval"}[e["kind"]]
+        return "head2head" if e["judge"]["kind"] == "local" else "head2head_cpu"
+
+    eval_jobs = {}
+    for _, ev in evaluated:
+        eval_jobs[rule(evals[ev])] = eval_jobs.get(rule(evals[ev]), 0) + 1
     answers = set()  # (instance, answer set): the model's own answers and the reference's a judge compares them with
     for inst, ev in evaluated:
         e = evals[ev]

@@ -167,7 +167,7 @@ def test_dry_run_with_the_profile_shows_gpu_requests(experiment, tmp_path):
             continue
         if job["rule"] in gpus:
             assert res["gpu_model"] == "YOUR_GPU_MODEL" and res["slurm_partition"] == "YOUR_GPU_PARTITION", job
-            assert int(res["gpu"]) >= (0 if job["rule"] == "head2head" else 1) and int(res["cpus_per_gpu"]) >= 1, job
+            assert int(res["gpu"]) >= 1 and int(res["cpus_per_gpu"]) >= 1, job
             assert "cpus_per_task" not in res, job
             if job["rule"] == "train":
                 run = job["wildcards"]["run"]

@@ -112,7 +112,7 @@ def test_a_key_given_twice_fails_with_both_lines(tmp_path):
 def test_default_config_plans_every_stage():
     jobs = planned_jobs(snakemake(ROOT, "-n", "--forceall"))
     for rule in ("build_tiny_model", "build_synthetic_dataset", "data", "generate", "merge", "refcache", "train",
-                 "lm_eval_tasks", "evaluate", "answers", "math_eval", "head2head", "curves", "table", "manifest"):
+                 "lm_eval_tasks", "evaluate", "answers", "math_eval", "head2head_cpu", "curves", "table", "manifest"):
         assert jobs.get(rule, 0) >= 1, rule
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     assert jobs["generate"] == len(config["generations"]["arith_neg"]["seeds"])
@@ -120,7 +120,7 @@ def test_default_config_plans_every_stage():
     assert jobs["spin_generate"] == sum(r.get("iterations", 0) for r in config["runs"].values())
     evaluated = len({row for t in config["tables"].values() for row in t["rows"]})
     assert jobs["answers"] == jobs["math_eval"] == evaluated == len(config["tables"]["main"]["rows"])
-    assert jobs["head2head"] == 2 * evaluated - 1  # AlpacaEval for every row, pairwise for the runs
+    assert jobs["head2head_cpu"] == 2 * evaluated - 1  # (answer checker) AlpacaEval for every row, pairwise: runs
     assert jobs["table"] == len(config["tables"])
 
 
@@ -212,7 +212,7 @@ def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):
     # sft's model, its plot, its lm-eval suite, its answers and the evals that read them (math, AlpacaEval,
     # pairwise), the three tables that show sft, the manifest: nothing of the other runs
     assert planned_jobs(result) == {"train": 1, "curves": 1, "evaluate": 1, "answers": 1, "math_eval": 1,
-                                    "head2head": 2, "table": 3, "manifest": 1, "all": 1}
+                                    "head2head_cpu": 2, "table": 3, "manifest": 1, "all": 1}
     assert "results/train/sft/seed42" in result.stdout
     # a default that sft does not read (beta) changes nothing for it
     config["runs"]["sft"]["lr"] = 0.001
@@ -224,9 +224,9 @@ def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):
 @pytest.mark.parametrize("module, planned", [
     # every training and what follows it (13 evaluated instances: SPIN's first iteration only feeds the
     # second; its own generation starts from the base model); not the data, generations or caches
-    ("losses", {"train": 14, "curves": 14, "evaluate": 13, "answers": 13, "math_eval": 13, "head2head": 3,
+    ("losses", {"train": 14, "curves": 14, "evaluate": 13, "answers": 13, "math_eval": 13, "head2head_cpu": 3,
                 "spin_generate": 1, "spin_merge": 1, "table": 3, "manifest": 1, "all": 1}),
-    ("judges", {"head2head": 4, "table": 2, "manifest": 1, "all": 1}),
+    ("judges", {"head2head_cpu": 4, "table": 2, "manifest": 1, "all": 1}),
     ("tables", {"table": 3, "manifest": 1, "all": 1}),
 ])
 def test_editing_a_module_reruns_exactly_the_stages_that_import_it(mini_run, module, planned):

@@ -118,7 +118,7 @@ def offline_gaps(config: dict) -> list[str]:
         if e["kind"] == "lm_eval" and "synthetic" not in e:
             rules.add("evaluate")
         if (e.get("judge") or {}).get("kind") == "annotator":
-            rules.add("head2head")
+            rules.add("head2head_cpu")  # (which also runs the answer checker's judgements)
     return sorted(rules)
 
 
