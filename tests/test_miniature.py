@@ -11,7 +11,7 @@ import yaml
 
 from test_experiments import EXPERIMENTS, ids, load
 from test_workflow import planned_jobs, snakemake
-from workflow_scripts.miniature import SMALL, NoStandIn, miniaturize, offline_gaps
+from workflow_scripts.miniature import MINIATURE_VALUES, NoStandIn, miniaturize, offline_gaps
 
 MADE_HERE = {"build_tiny_model", "build_synthetic_dataset"}  # the miniature's stand-ins for the hub
 DOWNSTREAM = {"table", "manifest", "all"}  # what an omitted evaluation's results feed
@@ -35,11 +35,11 @@ def without(value, keys: set[str]):
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=ids(EXPERIMENTS))
 def test_miniature_changes_only_sizes_models_and_data(path):
-    """Every setting of every stage but the sizes (SMALL) and the seeds kept (a prefix); models and datasets
-    keep their names, datasets their mappings and split names."""
+    """Every setting of every stage but those of MINIATURE_VALUES and the seeds kept (a prefix); models and
+    datasets keep their names, datasets their mappings and split names."""
     config = load(path)
     mini = miniaturize(config)
-    sizes = set(SMALL) | {"seeds", "keep_unfinished", "ref_logps"}
+    sizes = set(MINIATURE_VALUES) | {"seeds", "keep_unfinished", "ref_logps"}
     for section in set(config) | set(mini):
         if section not in ("models", "datasets"):
             assert without(mini[section], sizes) == without(config[section], sizes), section
@@ -70,7 +70,7 @@ def test_paper_config_runs_whole_in_miniature(path, tmp_path):
         for seed in run.get("seeds", [42])[:1]:
             folder = results / f"train/{name}/seed{seed}"
             info = json.loads((folder / "run.json").read_text())
-            processes = SMALL["processes"](run.get("processes", 1))
+            processes = MINIATURE_VALUES["processes"](run.get("processes", 1))
             expected = "DEEPSPEED" if run.get("deepspeed") else "MULTI_CPU" if processes > 1 else "NO"
             assert info["distributed_type"] == expected, name
             losses = [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]

@@ -34,8 +34,8 @@ TINY_MODEL = {
                      "max_position_embeddings": 1024},
     "pretrain": {"steps": 60, "batch_size": 16, "block_size": 128}, "threads": 1,
 }
-# key -> the value it takes in miniature, from the config's value (anywhere in the config)
-SMALL = {
+# key -> its value in miniature, from the configured one (at any depth): sizes, and the GPU-only settings
+MINIATURE_VALUES = {
     "threads": lambda v: 1,
     "processes": lambda v: min(v, 2),
     "epochs": lambda v: 1,
@@ -63,9 +63,9 @@ class NoStandIn(ValueError):
 
 
 def shrink(value):
-    """The value with every size-like key (SMALL) made small, recursively."""
+    """The value with every key of MINIATURE_VALUES replaced, at any depth."""
     if isinstance(value, dict):
-        return {k: SMALL[k](shrink(v)) if k in SMALL else shrink(v) for k, v in value.items()}
+        return {k: MINIATURE_VALUES[k](shrink(v)) if k in MINIATURE_VALUES else shrink(v) for k, v in value.items()}
     if isinstance(value, list):
         return [shrink(v) for v in value]
     return value
