@@ -277,6 +277,7 @@ def eval_inputs(w):
     inputs = {"script": code("evaluate"), "model": subject_model(w.subject)[2]}
     if config["evals"][w.eval].get("synthetic"):
         inputs["tasks"] = f"{R}/eval_tasks/{w.eval}"
+    inputs["task_data"] = sorted({f for t in config["evals"][w.eval]["tasks"] for f in (t["data_files"] or {}).values()})
     return inputs
 
 

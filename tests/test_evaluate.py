@@ -5,10 +5,12 @@ import sys
 import pytest
 
 from workflow_scripts import evaluate, lm_eval_tasks, synthetic
+from workflow_scripts.io import InputError, sha256_file
 from workflow_scripts.shards import shard_folder
 
-PARAMS = {"kind": "lm_eval", "tasks": [{"task": "toy_gen", "shots": 0, "metric": "exact_match", "filter": "strict-match"},
-                                       {"task": "toy_mc", "shots": 0, "metric": "acc", "filter": "none"}],
+PARAMS = {"kind": "lm_eval", "tasks": [{"task": "toy_gen", "shots": 0, "metric": "exact_match", "filter": "strict-match",
+                                        "data_files": None},
+                                       {"task": "toy_mc", "shots": 0, "metric": "acc", "filter": "none", "data_files": None}],
           "apply_chat_template": True, "batch_size": 8, "limit": 6, "seed": 0, "dtype": "float32", "device": None,
           "attn_implementation": "eager", "backend": "hf", "system_prompt": None}
 
@@ -108,3 +110,66 @@ def test_choice_distractors_change_the_last_step_and_the_answer_only(fmt):
             value = final.removeprefix("#### ")
             assert value != answer and steps == solution.split("\n")[:-2]
             assert last_step.endswith(f"={value}>>{value}" if fmt == "gsm8k" else f"= {value}")
+
+
+def local_task_files(root, task: str, splits: dict[str, int]) -> dict[str, str]:
+    """Synthetic rows in the columns of a harness task's hub dataset (synthetic.TASK_FORMATS), one file a split."""
+    files = {}
+    for split, rows in synthetic.make_splits(len(task), splits, 20).items():
+        path = root / f"{task}-{split}.jsonl"
+        path.write_text("".join(json.dumps(synthetic.in_format(r, synthetic.TASK_FORMATS[task])) + "\n" for r in rows))
+        files[split] = str(path)
+    return files
+
+
+def long_context_model(tiny_world, root) -> str:
+    """A random Llama with the tiny tokenizer and room for gsm8k's 256 new tokens after its prompt."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workflow_scripts.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_world[0])
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).save_pretrained(root)
+    tok.save_pretrained(root)
+    return str(root)
+
+
+def test_harness_tasks_read_local_copies_of_their_data(tiny_world, tmp_path):
+    """lm-eval's own gsm8k (generation, strict match, few-shot from train) and arc_challenge (choice) read
+    local files in their hub datasets' columns: the harness's prompts, on our rows; digests recorded."""
+    model = long_context_model(tiny_world, tmp_path / "model")
+    gsm8k = local_task_files(tmp_path, "gsm8k", {"train": 4, "test": 5})
+    arc = local_task_files(tmp_path, "arc_challenge", {"train": 2, "validation": 2, "test": 5})
+    tasks = [{"task": "gsm8k", "shots": 2, "metric": "exact_match", "filter": "strict-match", "data_files": gsm8k},
+             {"task": "arc_challenge", "shots": 0, "metric": ["acc", "acc_norm"], "filter": "none", "data_files": arc}]
+    params = {**PARAMS, "tasks": tasks, "apply_chat_template": False, "limit": None}
+    out = tmp_path / "suite.json"
+    evaluate.main(["--params", json.dumps(params), "--model", model, "--output", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["scores"]) == {"gsm8k", "arc_challenge"}
+    assert 0 <= result["scores"]["arc_challenge"]["acc"] <= 1 and result["scores"]["arc_challenge"]["stderr"]["acc"]
+    assert result["protocol"]["task_data"]["gsm8k"]["test"] == {"path": gsm8k["test"], "sha256": sha256_file(gsm8k["test"])}
+    samples = [json.loads(line) for line in (tmp_path / "suite.samples.jsonl").read_text().splitlines()]
+    test_questions = {json.loads(line)["question"] for line in open(gsm8k["test"])}
+    train_questions = [json.loads(line)["question"] for line in open(gsm8k["train"])]
+    gsm = [s for s in samples if s["task"] == "gsm8k" and s["filter"] == "strict-match"]
+    assert len(gsm) == 5 and {s["doc"]["question"] for s in gsm} == test_questions
+    prompt = gsm[0]["arguments"][0][0]
+    assert prompt.endswith(f"Question: {gsm[0]['doc']['question']}\nAnswer:")  # the harness's own template
+    assert sum(q in prompt for q in train_questions) == 2  # two shots, from the local train split
+    assert len([s for s in samples if s["task"] == "arc_challenge"]) == 5
+
+
+def test_local_task_data_must_cover_the_splits_the_task_reads():
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager()
+    task = {"task": "arc_challenge", "data_files": {"test": "t.jsonl"}}
+    with pytest.raises(InputError, match=r"task arc_challenge, field 'data_files': .*\['train', 'validation'\]"):
+        evaluate.local_data_task(manager, task)
+    with pytest.raises(InputError, match="task mmlu, field 'data_files': .*not of a group"):
+        evaluate.local_data_task(manager, {"task": "mmlu", "data_files": {"test": "t.jsonl"}})

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .config import metric_list
-from .io import run_cli, sha256_tree, write_eval
+from .io import InputError, run_cli, sha256_file, sha256_tree, write_eval
 from .models import default_device, model_identity, vllm_engine_args
 from .shards import run_in_shards
 from .versions import package_versions
@@ -63,8 +63,9 @@ class Harness:
             self.manager = TaskManager(include_path=self.include_path,
                                        include_defaults=not all(t["task"] in local for t in self.p["tasks"]))
         p, seed = self.p, self.p["seed"]
+        spec = local_data_task(self.manager, task) if task["data_files"] else task["task"]
         res = lm_eval.simple_evaluate(
-            model=self.model(), tasks=[task["task"]], num_fewshot=task["shots"], apply_chat_template=p["apply_chat_template"],
+            model=self.model(), tasks=[spec], num_fewshot=task["shots"], apply_chat_template=p["apply_chat_template"],
             system_instruction=p["system_prompt"],
             task_manager=self.manager, limit=p.get("limit"), log_samples=True, random_seed=seed,
             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
@@ -72,6 +73,37 @@ class Harness:
         samples = [{"task": name, **row} for name, rows in res.pop("samples").items() for row in rows]
         return {"task": task["task"], "shots": task["shots"], "raw": _scrub(res), "samples": samples,
                 "score": task_score(task, res["results"][task["task"]])}
+
+
+SPLIT_KEYS = ("test_split", "validation_split", "fewshot_split", "training_split")
+
+
+def local_data_task(manager, task: dict) -> dict:
+    """The harness's own config of a task (its YAML with includes) reading `data_files` instead of the hub:
+    same columns, same split names, the same prompts, filters and metrics."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = manager.task_index.get(task["task"])
+    where = f"task {task['task']}, field 'data_files'"
+    if entry is None or entry.yaml_path is None or entry.kind.name != "TASK":
+        raise InputError(where, "local data replace the dataset of a task defined by a YAML (not of a group or "
+                         "tag: list its tasks)")
+    cfg = load_yaml(entry.yaml_path, resolve_func=True)
+    missing = sorted({cfg[k] for k in SPLIT_KEYS if cfg.get(k)} - set(task["data_files"]))
+    if missing:
+        raise InputError(where, f"the task reads the splits {missing}, which have no local file")
+    builder = {"jsonl": "json", "json": "json", "parquet": "parquet"}
+    kinds = {builder[path.rsplit(".", 1)[1]] for path in task["data_files"].values()}
+    if len(kinds) > 1:
+        raise InputError(where, "all local files of a task must be JSON or all parquet")
+    return {**{k: v for k, v in cfg.items() if k not in ("tag", "group")}, "dataset_path": kinds.pop(),
+            "dataset_name": None, "dataset_kwargs": {"data_files": dict(task["data_files"])}}
+
+
+def task_data_digests(tasks: list[dict]) -> dict:
+    """{task: {split: {path, sha256}}} of the tasks read from local files."""
+    return {t["task"]: {split: {"path": path, "sha256": sha256_file(path)} for split, path in t["data_files"].items()}
+            for t in tasks if t["data_files"]}
 
 
 def task_score(task: dict, got: dict) -> dict:
@@ -101,6 +133,7 @@ def suite_result(model: str, revision: str | None, p: dict, done: list[dict]) ->
         "batch_size": p["batch_size"], "seed": p["seed"], "limit": p.get("limit"), "dtype": p["dtype"],
         "attn_implementation": p.get("attn_implementation"),
         "task_versions": {k: v for d in done for k, v in d["raw"].get("versions", {}).items()},
+        "task_data": task_data_digests(p["tasks"]),
     }
     return {"scores": {d["task"]: d["score"] for d in done}, "protocol": protocol,
             "raw": {d["task"]: d["raw"] for d in done}}
@@ -122,7 +155,8 @@ def main(argv: list[str] | None) -> None:
     p = json.loads(args.params)
     harness = Harness(args.model, args.revision, p, args.tasks_dir, args.trust_remote_code)
     fingerprint = {"stage": "evaluate", "params": p, "model": model_identity(args.model, args.revision),
-                   "tasks_dir": sha256_tree(args.tasks_dir) if args.tasks_dir else None}
+                   "tasks_dir": sha256_tree(args.tasks_dir) if args.tasks_dir else None,
+                   "task_data": task_data_digests(p["tasks"])}
 
     def finish(done: list[dict]) -> None:
         write_eval(args.output, suite_result(args.model, args.revision, p, done), (s for d in done for s in d["samples"]))

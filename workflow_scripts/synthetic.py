@@ -20,9 +20,12 @@ mappings those datasets need:
   the answer as `$12$`) / answer_type / subject / language;
 - `aime`: Maxwell-Jia/AIME_2024's ID / Problem / Solution / Answer (an integer);
 - `amc`: math-ai/amc23's id / question / answer (a float) / url;
-- `alpaca_eval`: tatsu-lab/alpaca_eval's instruction / output / generator / dataset.
+- `alpaca_eval`: tatsu-lab/alpaca_eval's instruction / output / generator / dataset;
+- `arc`: allenai/ai2_arc's id / question / choices {text, label} / answerKey (four numbers, one the
+  answer; lm-eval's ARC tasks read it).
 
-`HUB_FORMATS` names the format of each hub dataset the paper configs read.
+`HUB_FORMATS` names the format of each hub dataset the paper configs read, `TASK_FORMATS` that of the
+data of lm-eval's tasks.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ HUB_FORMATS = {
     "math-ai/olympiadbench": "olympiadbench", "Maxwell-Jia/AIME_2024": "aime", "math-ai/amc23": "amc",
     "tatsu-lab/alpaca_eval": "alpaca_eval",
 }
+TASK_FORMATS = {"gsm8k": "gsm8k", "arc_challenge": "arc", "arc_easy": "arc"}  # lm-eval task -> its data's format
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Max", "Ivy"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "eggs"]
 
@@ -160,6 +164,11 @@ def _competition_format(q: str, steps: list, total: str, index: int, fmt: str) -
         return {"ID": f"2024-I-{index}", "Problem": q, "Solution": _latex(steps, total), "Answer": int(total)}
     if fmt == "amc":
         return {"id": index, "question": q, "answer": float(total), "url": f"https://example.invalid/{index}"}
+    if fmt == "arc":  # the answer at position index % 4 among the next three numbers
+        options = [str(int(total) + k) for k in (1, 2, 3)]
+        options.insert(index % 4, total)
+        return {"id": f"Synthetic_{index}", "question": q, "choices": {"text": options, "label": ["A", "B", "C", "D"]},
+                "answerKey": "ABCD"[index % 4]}
     if fmt == "alpaca_eval":
         return {"instruction": q, "output": _latex(steps, total), "generator": "gpt4_1106_preview",
                 "dataset": "synthetic"}
