@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from workflow_scripts import gguf_model
 
@@ -38,10 +37,8 @@ def real_model(root: Path) -> str | None:
     out = root / "smollm2-135m-instruct"
     if (out / "config.json").exists():
         return str(out)
-    spec = {"sha256": None, "dtype": "float32",
-            **yaml.safe_load((ROOT / "real.yaml").read_text())["models"]["smollm2"]["gguf"]}
     try:
-        gguf_model.convert(spec, str(out))
+        gguf_model.convert(gguf_model.configured(ROOT / "real.yaml", "smollm2"), str(out))
     except gguf_model.SourceError:
         return None
     return str(out)

@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from workflow_scripts import gguf_model  # noqa: E402  (after the offline switches, which the hub reads at import)
+
 
 def _wrong(answer: str, rng: random.Random) -> str:
     """A plausible wrong solution: the last number of each step shifted."""
@@ -92,7 +94,6 @@ def trained_tiny(tiny_world, tmp_path_factory):
 def mini_run(tmp_path_factory):
     """The mini config run end to end (once per session: tests/test_workflow.py and test_report.py
     read it), with (fake) credentials in the environment. (workdir, config path)."""
-    import yaml
     from test_workflow import FAKE_TOKENS, MINI, snakemake, write_config
 
     workdir = tmp_path_factory.mktemp("mini")
@@ -103,9 +104,7 @@ def mini_run(tmp_path_factory):
     return workdir, config
 
 
-# the real-model world's model entry (real.yaml), with the schema's defaults
-SMOLLM2 = {"sha256": None, "dtype": "float32",
-           **yaml.safe_load((Path(__file__).parents[1] / "real.yaml").read_text())["models"]["smollm2"]["gguf"]}
+SMOLLM2 = gguf_model.configured(Path(__file__).parents[1] / "real.yaml", "smollm2")  # the real-model world's
 
 
 @pytest.fixture(scope="session")

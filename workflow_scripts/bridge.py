@@ -139,6 +139,7 @@ def main(argv: list[str] | None) -> None:
     else:
         edit = model_editor(args.editor, args.revision, p, args.trust_remote_code)
         identity = fingerprint("bridge", p, p["seed"], args.source, args.editor, args.revision)
+
     def finish(pairs):
         if not pairs:  # refused before anything is written (the finished shards stay for a rerun)
             raise InputError(args.source, f"the editor {p['editor']} rewrote each of the {len(records)} losing "

@@ -26,6 +26,17 @@ class SourceError(Exception):
     """The GGUF source named in the config cannot be found or is not the pinned one."""
 
 
+def configured(config_path: str | Path, model: str) -> dict:
+    """A config file's `models.<model>.gguf` entry with the schema's defaults, as the convert_gguf rule passes it."""
+    import yaml
+
+    from .config import check_config
+
+    schema = Path(__file__).resolve().parents[1] / "schemas/config.schema.yaml"
+    with open(config_path) as f:
+        return check_config(yaml.safe_load(f), str(schema))["models"][model]["gguf"]
+
+
 def locate(spec: dict) -> Path:
     """The `.gguf` file of a config entry: `file` itself, or `file` inside the installed `package`."""
     if not spec.get("package"):
