@@ -58,7 +58,7 @@ CONFIG ?= experiments/dft_math.yaml
 MINIATURE := miniature/$(basename $(notdir $(CONFIG)))
 miniature: setup setup-vllm
 	mkdir -p $(MINIATURE)
-	python -m workflow_scripts.miniature $(CONFIG) > $(MINIATURE)/config.yaml
+	python -m workflow_scripts.miniature $(CONFIG) --output $(MINIATURE)/config.yaml
 	snakemake --cores $(CORES) --configfile $(MINIATURE)/config.yaml --directory $(MINIATURE) \
 		$$(python -m workflow_scripts.miniature --omit-args $(CONFIG))
 

