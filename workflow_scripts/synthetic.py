@@ -21,8 +21,13 @@ mappings those datasets need:
 - `aime`: Maxwell-Jia/AIME_2024's ID / Problem / Solution / Answer (an integer);
 - `amc`: math-ai/amc23's id / question / answer (a float) / url;
 - `alpaca_eval`: tatsu-lab/alpaca_eval's instruction / output / generator / dataset;
-- `arc`: allenai/ai2_arc's id / question / choices {text, label} / answerKey (four numbers, one the
-  answer; lm-eval's ARC tasks read it).
+- the data of lm-eval's tasks, each in its hub dataset's columns, the answer among the next numbers:
+  `arc` (allenai/ai2_arc: id / question / choices {text, label} / answerKey), `mmlu` (cais/mmlu: question /
+  subject / choices / answer), `hellaswag` (Rowan/hellaswag: ind / activity_label / ctx_a / ctx_b / ctx /
+  endings / source_id / split / split_type / label), `winogrande` (sentence with a blank / option1 /
+  option2 / answer "1" or "2"), `truthfulqa_mc` (truthful_qa multiple_choice: question / mc1_targets /
+  mc2_targets, each {choices, labels}, the true answers first), `ifeval` (google/IFEval: key / prompt /
+  instruction_id_list / kwargs, two of IFEval's instructions per prompt).
 
 `HUB_FORMATS` names the format of each hub dataset the paper configs read, `TASK_FORMATS` that of the
 data of lm-eval's tasks.
@@ -45,8 +50,11 @@ HUB_FORMATS = {
     "tatsu-lab/alpaca_eval": "alpaca_eval",
 }
 FORMATS = ("plain", "gsm8k", "metamathqa", "math", "ultrafeedback", "argilla_ultrafeedback", "numina_cot", "minervamath",
-           "olympiadbench", "aime", "amc", "alpaca_eval", "arc")  # what in_format writes (the schema's `format` enum)
-TASK_FORMATS = {"gsm8k": "gsm8k", "arc_challenge": "arc", "arc_easy": "arc"}  # lm-eval task -> its data's format
+           "olympiadbench", "aime", "amc", "alpaca_eval", "arc", "mmlu", "hellaswag", "winogrande", "truthfulqa_mc",
+           "ifeval")  # what in_format writes (the schema's `format` enum)
+TASK_FORMATS = {"gsm8k": "gsm8k", "arc_challenge": "arc", "arc_easy": "arc", "hellaswag": "hellaswag",
+                "winogrande": "winogrande", "truthfulqa_mc1": "truthfulqa_mc", "truthfulqa_mc2": "truthfulqa_mc",
+                "ifeval": "ifeval", "mmlu_abstract_algebra": "mmlu"}  # lm-eval task -> its data's format
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Max", "Ivy"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "eggs"]
 
@@ -166,14 +174,57 @@ def _competition_format(q: str, steps: list, total: str, index: int, fmt: str) -
         return {"ID": f"2024-I-{index}", "Problem": q, "Solution": _latex(steps, total), "Answer": int(total)}
     if fmt == "amc":
         return {"id": index, "question": q, "answer": float(total), "url": f"https://example.invalid/{index}"}
-    if fmt == "arc":  # the answer at position index % 4 among the next three numbers
-        options = [str(int(total) + k) for k in (1, 2, 3)]
-        options.insert(index % 4, total)
-        return {"id": f"Synthetic_{index}", "question": q, "choices": {"text": options, "label": ["A", "B", "C", "D"]},
-                "answerKey": "ABCD"[index % 4]}
     if fmt == "alpaca_eval":
         return {"instruction": q, "output": _latex(steps, total), "generator": "gpt4_1106_preview",
                 "dataset": "synthetic"}
+    return _benchmark_format(q, total, index, fmt)
+
+
+def _options(total: str, index: int, n: int) -> tuple[list[str], int]:
+    """n answer options, the correct one at position index % n among the next numbers, and that position."""
+    options = [str(int(total) + k) for k in range(1, n)]
+    options.insert(index % n, total)
+    return options, index % n
+
+
+IFEVAL_INSTRUCTIONS = [  # (instruction id, its kwargs, the sentence the prompt adds), IFEval's own wording
+    ("punctuation:no_comma", {}, "In your entire response, refrain from the use of any commas."),
+    ("length_constraints:number_words", {"relation": "less than", "num_words": 40}, "Answer with less than 40 words."),
+    ("length_constraints:number_sentences", {"relation": "at least", "num_sentences": 2},
+     "Your response should contain at least 2 sentences."),
+    ("detectable_format:title", {}, "Your answer must contain a title, wrapped in double angular brackets, such as "
+     "<<poem of joy>>."),
+]
+
+
+def _benchmark_format(q: str, total: str, index: int, fmt: str) -> dict:
+    """The records of lm-eval's benchmark datasets (TASK_FORMATS), a problem as a question with options."""
+    if fmt == "arc":
+        options, gold = _options(total, index, 4)
+        return {"id": f"Synthetic_{index}", "question": q, "choices": {"text": options, "label": ["A", "B", "C", "D"]},
+                "answerKey": "ABCD"[gold]}
+    if fmt == "mmlu":
+        options, gold = _options(total, index, 4)
+        return {"question": q, "subject": "synthetic", "choices": options, "answer": gold}
+    if fmt == "hellaswag":
+        options, gold = _options(total, index, 4)
+        return {"ind": index, "activity_label": "Arithmetic", "ctx_a": q, "ctx_b": "the answer is", "ctx": f"{q} the answer is",
+                "endings": options, "source_id": f"synthetic~{index}", "split": "val", "split_type": "indomain",
+                "label": str(gold)}
+    if fmt == "winogrande":
+        options, gold = _options(total, index, 2)
+        return {"sentence": f"{q} The answer is _ {ITEMS[index % len(ITEMS)]}.", "option1": options[0],
+                "option2": options[1], "answer": str(gold + 1)}
+    if fmt == "truthfulqa_mc":  # mc1: one true answer, first; mc2: the true answers first, then the false
+        wrong = [str(int(total) + k) for k in (1, 2, 3)]
+        return {"question": q, "mc1_targets": {"choices": [total, *wrong], "labels": [1, 0, 0, 0]},
+                "mc2_targets": {"choices": [total, f"{total}.0", *wrong], "labels": [1, 1, 0, 0, 0]}}
+    if fmt == "ifeval":  # two of IFEval's instructions after the question (kwargs with IFEval's null-filled keys)
+        chosen = [IFEVAL_INSTRUCTIONS[(index + k) % len(IFEVAL_INSTRUCTIONS)] for k in (0, 1)]
+        keys = sorted({k for _, kwargs, _ in IFEVAL_INSTRUCTIONS for k in kwargs})
+        return {"key": 1000 + index, "prompt": " ".join([q, *(text for _, _, text in chosen)]),
+                "instruction_id_list": [name for name, _, _ in chosen],
+                "kwargs": [{k: kwargs.get(k) for k in keys} for _, kwargs, _ in chosen]}
     raise ValueError(f"unknown format {fmt!r}")
 
 
