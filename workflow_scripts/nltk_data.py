@@ -61,7 +61,7 @@ def require(nltk_dir: str | None) -> str:
     except LookupError:
         raise InputError(nltk_dir or "NLTK_DATA", f"IFEval needs NLTK's {RESOURCE}, which is not there: the rule "
                          "nltk_data writes it (python -m workflow_scripts.nltk_data)") from None
-    return sha256_tree(str(found))
+    return sha256_tree(found.zipfile.filename if hasattr(found, "zipfile") else found.path)  # a folder or NLTK's .zip
 
 
 def main(argv: list[str] | None) -> None:
