@@ -32,7 +32,7 @@ rule nltk_data:
     output:
         directory(punkt_tab_dir()),
     params:
-        outdir=config["nltk_data"],
+        outdir=lambda w, output: output[0][: -len(RESOURCE)].rstrip("/"),
     log:
         f"{R}/logs/nltk_data.log",
     conda:

@@ -22,6 +22,17 @@ def snakemake(workdir, *args, timeout=900, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **(env or {})})
 
 
+def failure_report(result, workdir, tail: int = 4000) -> str:
+    """Snakemake's output and, for every failed job, the end of its log file (where the cause is)."""
+    text = result.stdout + "\n" + result.stderr
+    logs = re.findall(r"^\s*log: (\S+) \(check log file\(s\) for error details\)", text, re.M)
+    parts = [text[-tail:]]
+    for log in dict.fromkeys(logs):
+        path = workdir / log
+        parts.append(f"--- {log} ---\n" + (path.read_text(errors="replace")[-tail:] if path.is_file() else "(no file)"))
+    return "\n".join(parts)
+
+
 def planned_jobs(result) -> dict[str, int]:
     """Job counts from the 'Job stats' table of a dry run."""
     assert result.returncode == 0, result.stdout + result.stderr
