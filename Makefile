@@ -24,12 +24,13 @@ setup: $(VENV)/.installed
 setup-vllm: $(VLLM_VENV)/.installed
 setup-models: $(VENV)/.models-installed
 
-$(VENV)/.installed: requirements.txt requirements-deepspeed.txt
+$(VENV)/.installed: requirements.txt requirements-deepspeed.txt requirements-reference.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	$(VENV)/bin/pip install --quiet wheel==0.48.0
 	DS_BUILD_OPS=0 $(VENV)/bin/pip install --quiet --no-build-isolation -r requirements-deepspeed.txt
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements-reference.txt
 	touch $@
 
 $(VENV)/.models-installed: requirements-models.txt $(VENV)/.installed

@@ -10,7 +10,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.
 from snakemake.exceptions import WorkflowError
 from workflow_scripts.config import (
     METHODS, ConfigError, check_config, check_yaml_file, negatives_required, refcache_settings,
-    run_hyperparameters,
+    run_hyperparameters, runs_model_here,
 )
 from workflow_scripts.imports import import_closure
 from workflow_scripts.nltk_data import RESOURCE, needs_punkt
@@ -299,7 +299,7 @@ def judged_evals(model_judge):
     """A wildcard pattern matching the judged evals (alpaca_eval, pairwise) whose judge is a model run here
     (`local`), or the others (answer_check, an API annotator): the first need a GPU, the others a CPU."""
     names = [name for name, e in config["evals"].items()
-             if e["kind"] in ("alpaca_eval", "pairwise") and (e["judge"]["kind"] == "local") == model_judge]
+             if e["kind"] in ("alpaca_eval", "pairwise") and runs_model_here(e["judge"]) == model_judge]
     return "|".join(names) if names else "(?!)"
 
 
@@ -330,20 +330,22 @@ def head2head_inputs(w):
     reference = head2head_reference(w)[1]
     if reference:
         inputs["reference"] = reference
-    if e["judge"]["kind"] == "local":
+    if runs_model_here(e["judge"]):
         inputs["judge"] = model_location(e["judge"]["model"])[2]
+    if e["judge"]["kind"] == "fastchat":
+        inputs["judge_prompts"] = os.path.join(workflow.basedir, "workflow_scripts/fastchat_judge_prompts.jsonl")
     return inputs
 
 
 def local_judge(eval_name):
     """The engine settings of an eval's judge model (backend hf when the judge runs no model here)."""
     judge = config["evals"][eval_name]["judge"]
-    return judge if judge["kind"] == "local" else {"backend": "hf"}
+    return judge if runs_model_here(judge) else {"backend": "hf"}
 
 
 def judge_args(w):
     judge = config["evals"][w.eval]["judge"]
-    if judge["kind"] != "local":
+    if not runs_model_here(judge):
         return ""
     location, revision, _ = model_location(judge["model"])
     return " ".join(filter(None, [f"--judge-model {location}", revision and f"--judge-revision {revision}",

@@ -64,6 +64,11 @@ def test_synthetic_sets_in_the_real_formats_read_through_the_real_mappings(case)
         assert all(answers_equal(r["answer"], t) for r, t in zip(recs, truths))
     marks = {"gsm8k": "<<", "metamathqa": "\nThe answer is: ", "ultrafeedback": "#### ",
              "argilla_ultrafeedback": "#### ", "minervamath": "", "amc": ""}  # the others: LaTeX solutions
+    if mapping.get("turns"):  # multi-turn questions: no chosen; follow-ups, categories, references per turn
+        assert all(len(r["followups"]) == 1 and "chosen" not in r for r in recs)
+        graded = [r for r in recs if r["category"] in ("math", "reasoning", "coding")]
+        assert graded and all(len(r["references"]) == 2 for r in graded)
+        return
     assert all(marks.get(fmt, "\\boxed{") in r["chosen"] for r in recs)
     if mapping.get("rejected"):
         assert all(r["rejected"] != r["chosen"] and r["rejected"].rsplit("#### ", 1)[1] != t
@@ -102,6 +107,26 @@ def test_mapping_paths_pick_messages_out_of_chat_columns():
         with pytest.raises(InputError, match=re.escape(message)) as e:
             data.normalise(list(enumerate(rows)), "uf", "train", dict(mapping, chosen=bad), "uf.jsonl")
         assert "uf.jsonl, line 1" in str(e.value) and "mapping.chosen" in str(e.value)
+
+
+MT_BENCH = {"id": "prompt_id", "turns": "prompt", "category": "category", "references": "reference"}
+
+
+@pytest.mark.parametrize("row, field, message", [
+    ({"prompt": "one string"}, "prompt", "must be a non-empty list of the user's turns (strings)"),
+    ({"prompt": []}, "prompt", "must be a non-empty list of the user's turns (strings)"),
+    ({"prompt": ["q1", ""]}, "followups", "must be a list of non-empty strings"),
+    ({"reference": ["a", 3]}, "references", "must be a list of non-empty strings"),
+    ({"category": 7}, "category", "must be a string"),
+])
+def test_multi_turn_questions_are_validated(row, field, message):
+    """MT-Bench rows: the file, line and field of each malformed value; a good row keeps its turns."""
+    good = {"prompt_id": 81, "prompt": ["q1", "q2"], "category": "math", "reference": ["a", "b"]}
+    rec, = data.normalise([(0, good)], "mt", "test", MT_BENCH, "mt.jsonl")
+    assert rec == {"id": "mt-test-81", "prompt": [{"role": "user", "content": "q1"}], "followups": ["q2"],
+                   "category": "math", "references": ["a", "b"]}
+    with pytest.raises(InputError, match=re.escape(f"mt.jsonl, line 2, field '{field}': {message}")):
+        data.normalise([(0, good), (1, {**good, **row})], "mt", "test", MT_BENCH, "mt.jsonl")
 
 
 @pytest.mark.parametrize("row, field, message", [

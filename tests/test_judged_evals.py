@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 
+from chat_endpoint import ChatEndpoint
 from workflow_scripts import head2head, judges, math_eval
 from workflow_scripts.io import InputError
 
@@ -175,9 +176,9 @@ def test_local_judge_on_a_real_model_and_its_position_bias_rule(tiny_world, tmp_
              {"id": "q1", "instruction": "Half of 7?", "output_1": "3", "output_2": "3.5", "truth": "3.5"}]
     judged = judge.judge(items)  # the random tiny model answers neither 'm' nor 'M': unparsed, a draw
     assert [j["preference"] for j in judged] == [1.5, 1.5] and len(judged[0]["judge_outputs"]) == 2
-    prompt = judge.tokenizer.decode(judge._prompt_ids("What is 2 + 3?", "five", "six"))
+    prompt = "".join(m["content"] for m in judge._messages("What is 2 + 3?", "five", "six"))
     assert "What is 2 + 3?" in prompt and prompt.index("five") < prompt.index("six")
-    judge.backend = FlippingBackend()
+    judge.chat.backend = FlippingBackend()
     assert [j["preference"] for j in judge.judge(items)] == [1.5, 1.5]
     assert judge._verdict("M") == 2.0 and judge._verdict(" m\n") == 1.0 and judge._verdict("maybe") is None
 
@@ -187,52 +188,26 @@ def test_unknown_annotator_is_named():
         judges.annotator_config("gpt5_magic")
 
 
-class JudgeEndpoint:
-    """An OpenAI-compatible chat endpoint on loopback whose "model" prefers the output holding `#### <truth>`:
-    alpaca_eval's own client, template and parser run against it unchanged."""
+def alpaca_judge(truths):
+    """A judge "model" that prefers the output holding `#### <truth>`, answering alpaca_eval's weighted template
+    with logprobs: alpaca_eval's own client, template and parser run against it unchanged."""
+    def answer(body):
+        prompt = body["messages"][-1]["content"]
+        question = prompt.split('"instruction": """', 1)[1].split('"""', 1)[0]
+        first = prompt.split('"output": """', 2)[1].split('"""', 1)[0]
+        best = "m" if f"#### {truths[question]}" in first else "M"
+        top = [{"token": t, "bytes": list(t.encode()), "logprob": lp}
+               for t, lp in ((best, -0.05), ("m" if best == "M" else "M", -3.0))]
+        return best, {"content": [{**top[0], "top_logprobs": top}]}
 
-    def __init__(self, truths):
-        import http.server
-        import threading
-
-        self.requests, truths_by_q = [], truths
-        endpoint = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                endpoint.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                prompt = body["messages"][-1]["content"]
-                question = prompt.split('"instruction": """', 1)[1].split('"""', 1)[0]
-                first = prompt.split('"output": """', 2)[1].split('"""', 1)[0]
-                best = "m" if f"#### {truths_by_q[question]}" in first else "M"
-                top = [{"token": t, "bytes": list(t.encode()), "logprob": lp}
-                       for t, lp in ((best, -0.05), ("m" if best == "M" else "M", -3.0))]
-                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "length",
-                                      "message": {"role": "assistant", "content": best},
-                                      "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}],
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+    return answer
 
 
 def test_annotator_judge_runs_alpaca_eval_against_an_openai_compatible_endpoint(tmp_path, split, monkeypatch):
     """weighted_alpaca_eval_gpt4_turbo through alpaca_eval's client: the served model's name replaces the config's,
     the key comes from the environment only, alpaca_eval's random order is undone: the right answer wins."""
     truths = {q: a for q, a in QUESTIONS}
-    endpoint = JudgeEndpoint(truths)
+    endpoint = ChatEndpoint(alpaca_judge(truths))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
     model = answers(tmp_path, "m", [f"#### {a}" if i % 2 else "#### 0" for i, (_, a) in enumerate(QUESTIONS)])
     ref = answers(tmp_path, "r", [f"#### {a}" if i % 2 == 0 else "#### 0" for i, (_, a) in enumerate(QUESTIONS)])

@@ -10,11 +10,32 @@ import pytest
 import yaml
 
 from test_experiments import EXPERIMENTS, ids, load
-from test_workflow import planned_jobs, snakemake
-from workflow_scripts.miniature import MINIATURE_VALUES, NoStandIn, main, miniaturize, offline_gaps
+from test_workflow import failure_report, planned_jobs, snakemake
+from workflow_scripts.config import FASTCHAT_METRICS, runs_model_here
+from workflow_scripts.miniature import (
+    EXAMPLES, LOCAL_JUDGE, MINIATURE_VALUES, NoStandIn, main, miniaturize, offline_evals, offline_gaps,
+)
 
 MADE_HERE = {"build_tiny_model", "build_synthetic_dataset"}  # the miniature's stand-ins for the hub
-DOWNSTREAM = {"table", "manifest", "all"}  # what an omitted evaluation's results feed
+
+
+def served_fastchat(config) -> set[str]:
+    """The evals whose FastChat judge is a served model (judged by a tiny model run here in miniature)."""
+    return {name for name, e in config["evals"].items()
+            if (e.get("judge") or {}).get("kind") == "fastchat" and e["judge"]["via"] == "api"}
+
+
+def rule_changes(config, paper_rules: set[str]) -> tuple[set[str], set[str]]:
+    """(rules the miniature runs that the paper's plan has not, rules of the plan it leaves out)."""
+    offline, served = offline_evals(config), served_fastchat(config)
+    added = (MADE_HERE | ({"head2head"} if served else set())) - paper_rules
+    cpu_judged = {n for n, e in config["evals"].items() if e.get("judge") and not runs_model_here(e["judge"])}
+    dropped = set(offline.values()) | ({"head2head_cpu"} if served and cpu_judged <= served else set())
+    if offline:
+        dropped |= {"manifest", "all"}  # fed by every evaluation
+    if all(t["eval"] in offline for t in config["tables"].values()):
+        dropped.add("table")
+    return added, dropped
 
 
 def test_a_hub_dataset_without_a_stand_in_is_named():
@@ -60,6 +81,11 @@ def test_miniature_changes_only_sizes_models_and_data(path):
     config = load(path)
     mini = miniaturize(config)
     sizes = set(MINIATURE_VALUES) | {"seeds", "keep_unfinished", "ref_logps"}
+    for name in served_fastchat(config):  # the same protocol, judged by a tiny model run here
+        judge = config["evals"][name]["judge"]
+        local = {**judge, "via": "local", "model": LOCAL_JUDGE, "backend": "hf", "base_url": None}
+        assert without(mini["evals"][name]["judge"], sizes) == without(local, sizes)
+        mini["evals"][name]["judge"] = judge  # checked: the rest of the eval is compared below
     for section in set(config) | set(mini):
         if section not in ("models", "datasets"):
             assert without(mini[section], sizes) == without(config[section], sizes), section
@@ -67,7 +93,8 @@ def test_miniature_changes_only_sizes_models_and_data(path):
         for name, entry in config.get(section, {}).items():
             kept = mini[section][name].get("seeds")
             assert kept == entry["seeds"][:len(kept)] if "seeds" in entry else kept is None
-    assert set(mini["models"]) == set(config["models"]) and set(mini["datasets"]) == set(config["datasets"])
+    assert set(mini["models"]) == set(config["models"]) | ({LOCAL_JUDGE} if served_fastchat(config) else set())
+    assert set(mini["datasets"]) == set(config["datasets"])
     for name, d in config["datasets"].items():
         assert mini["datasets"][name]["mapping"] == d["mapping"]
         assert set(mini["datasets"][name]["splits"]) == set(d.get("splits", {"train": "train"}))
@@ -81,10 +108,11 @@ def test_paper_config_runs_whole_in_miniature(path, tmp_path):
     omitted = set(offline_gaps(config))
     result = snakemake(tmp_path / "run", "--cores", "2", "--configfile", str(tmp_path / "mini.yaml"),
                        *(["--omit-from", *sorted(omitted)] if omitted else []), timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert result.returncode == 0, failure_report(result, tmp_path / "run")
     ran = set(planned_jobs(result))
-    assert ran - paper_rules == MADE_HERE
-    assert paper_rules - ran == (omitted | DOWNSTREAM if omitted else set())
+    added, dropped = rule_changes(config, paper_rules)
+    assert ran - paper_rules == added
+    assert paper_rules - ran == dropped
     results = tmp_path / "run/results"
     for name, run in config["runs"].items():
         for seed in run.get("seeds", [42])[:1]:
@@ -95,6 +123,11 @@ def test_paper_config_runs_whole_in_miniature(path, tmp_path):
             assert info["distributed_type"] == expected, name
             losses = [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
             assert losses and all(math.isfinite(x) for x in losses), (name, losses)
-    if not omitted:
-        for table in config["tables"]:
-            assert all((results / f"tables/{table}.{ext}").stat().st_size for ext in ("md", "tex", "csv"))
+    for name in served_fastchat(config):  # FastChat's columns, from both turns of every question
+        for path in results.glob(f"eval/*/seed*/{name}.json"):
+            scores = json.loads(path.read_text())["scores"]["pairwise"]
+            assert set(FASTCHAT_METRICS) <= set(scores) and scores["n_total"] == 2 * EXAMPLES, path
+    offline = offline_evals(config)
+    for table, spec in config["tables"].items():
+        if spec["eval"] not in offline:
+            assert all((results / f"tables/{table}.{ext}").stat().st_size for ext in ("md", "tex", "csv")), table

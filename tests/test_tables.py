@@ -114,3 +114,14 @@ def test_rows_under_another_protocol_are_an_error(files, tmp_path):
     with pytest.raises(InputError, match="sft_other.json, field 'protocol.summary': eval 'arith' was run under another "
                                          "protocol"):
         tables.collect(TABLE, files)
+
+
+def test_an_undefined_value_is_shown_as_such_and_never_best(files, tmp_path):
+    """A metric the eval recorded as null (a win rate with no judgement read) is n/a in every format, has no
+    average, is not bolded, and the caption says what n/a means; a missing metric stays an error."""
+    files["dft"] = {"arith": [eval_file(tmp_path, "dft_undefined", None, 0.9)]}
+    out = tables.render(TABLE, *tables.collect(TABLE, files))
+    assert "| dft | n/a | **90.0** | n/a |" in out["md"]
+    assert "| sft | **50.0 ± 1.0** | 40.0 | **45.0** |" in out["md"]
+    assert out["csv"].splitlines()[3] == "dft,,,,1,90.000000,,,1,,,,1"
+    assert r"dft & n/a & \textbf{90.0} & n/a \\" in out["tex"] and "n/a: undefined for that row" in out["md"]

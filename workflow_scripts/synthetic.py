@@ -21,6 +21,9 @@ mappings those datasets need:
 - `aime`: Maxwell-Jia/AIME_2024's ID / Problem / Solution / Answer (an integer);
 - `amc`: math-ai/amc23's id / question / answer (a float) / url;
 - `alpaca_eval`: tatsu-lab/alpaca_eval's instruction / output / generator / dataset;
+- `mt_bench`: HuggingFaceH4/mt_bench_prompts' prompt (two user turns: the problem, then a follow-up on the
+  answer) / prompt_id / category (MT-Bench's eight, in turn) / reference (one answer per turn for math,
+  reasoning and coding, empty for the others, as that dataset has it);
 - the data of lm-eval's tasks, each in its hub dataset's columns, the answer among the next numbers:
   `arc` (allenai/ai2_arc: id / question / choices {text, label} / answerKey), `mmlu` (cais/mmlu: question /
   subject / choices / answer), `hellaswag` (Rowan/hellaswag: ind / activity_label / ctx_a / ctx_b / ctx /
@@ -47,14 +50,15 @@ HUB_FORMATS = {
     "argilla/ultrafeedback-binarized-preferences-cleaned": "argilla_ultrafeedback",
     "AI-MO/NuminaMath-CoT": "numina_cot", "math-ai/minervamath": "minervamath",
     "math-ai/olympiadbench": "olympiadbench", "Maxwell-Jia/AIME_2024": "aime", "math-ai/amc23": "amc",
-    "tatsu-lab/alpaca_eval": "alpaca_eval",
+    "tatsu-lab/alpaca_eval": "alpaca_eval", "HuggingFaceH4/mt_bench_prompts": "mt_bench",
 }
 FORMATS = ("plain", "gsm8k", "metamathqa", "math", "ultrafeedback", "argilla_ultrafeedback", "numina_cot", "minervamath",
            "olympiadbench", "aime", "amc", "alpaca_eval", "arc", "mmlu", "hellaswag", "winogrande", "truthfulqa_mc",
-           "ifeval")  # what in_format writes (the schema's `format` enum)
+           "ifeval", "mt_bench")  # what in_format writes (the schema's `format` enum)
 TASK_FORMATS = {"gsm8k": "gsm8k", "arc_challenge": "arc", "arc_easy": "arc", "hellaswag": "hellaswag",
                 "winogrande": "winogrande", "truthfulqa_mc1": "truthfulqa_mc", "truthfulqa_mc2": "truthfulqa_mc",
                 "ifeval": "ifeval", "mmlu_abstract_algebra": "mmlu"}  # lm-eval task -> its data's format
+MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Max", "Ivy"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "eggs"]
 
@@ -177,6 +181,11 @@ def _competition_format(q: str, steps: list, total: str, index: int, fmt: str) -
     if fmt == "alpaca_eval":
         return {"instruction": q, "output": _latex(steps, total), "generator": "gpt4_1106_preview",
                 "dataset": "synthetic"}
+    if fmt == "mt_bench":
+        category = MT_BENCH_CATEGORIES[index % len(MT_BENCH_CATEGORIES)]
+        graded = category in ("math", "reasoning", "coding")
+        return {"prompt": [q, "Now double your answer. What do you get?"], "prompt_id": index, "category": category,
+                "reference": [f"The answer is {total}.", f"Doubled, it is {2 * int(total)}."] if graded else []}
     return _benchmark_format(q, total, index, fmt)
 
 

@@ -21,14 +21,18 @@ def column_eval(table: dict, col: dict) -> str:
     return col.get("eval") or table["eval"]
 
 
-def score(result: dict, path: str, col: dict, scale: float) -> tuple[float, float | None]:
-    """(value, standard error or None) of one column in one eval file's result, scaled."""
+def score(result: dict, path: str, col: dict, scale: float) -> tuple[float | None, float | None]:
+    """(value, standard error or None) of one column in one eval file's result, scaled; the value is None
+    where the eval recorded the metric as undefined (null: e.g. a win rate with no judgement read)."""
     try:
         scores = result["scores"][col["task"]]
-        value, se = float(scores[col["metric"]]), (scores.get("stderr") or {}).get(col["metric"])
-    except (KeyError, TypeError, AttributeError):
+        value, se = scores[col["metric"]], (scores.get("stderr") or {}).get(col["metric"])
+        value = None if value is None else float(value)
+    except (KeyError, TypeError, AttributeError, ValueError):
         raise InputError(path, f"no score for task '{col['task']}' metric '{col['metric']}' "
                          f"(table column '{col['label']}')", field=f"scores.{col['task']}") from None
+    if value is None:
+        return None, None
     return value * scale, None if se is None else float(se) * scale
 
 
@@ -51,14 +55,17 @@ def collect(table: dict, files: dict[str, dict[str, list[str]]]) -> tuple[list[d
             values[col["label"]], stderrs[col["label"]] = [v for v, _ in got], [se for _, se in got]
         if table["average"]:
             averaged = [values[c["label"]] for c in table["columns"] if c.get("average", True)]
-            values["Avg"] = [statistics.fmean(v) for v in zip(*averaged)]
+            values["Avg"] = [None if None in v else statistics.fmean(v) for v in zip(*averaged)]
             stderrs["Avg"] = [None] * len(values["Avg"])
         rows.append({"name": name, "values": values, "stderr": stderrs})
     return rows, summaries
 
 
-def summarise(vals: list[float], stderrs: list[float | None]) -> tuple[float, float | None, str | None]:
-    """(mean, error, kind): the std over seeds for several, else the eval's standard error (kind 'std' / 'se')."""
+def summarise(vals: list[float | None], stderrs: list[float | None]) -> tuple[float | None, float | None, str | None]:
+    """(mean, error, kind): the std over seeds for several, else the eval's standard error (kind 'std' / 'se');
+    no mean where a seed's value is undefined."""
+    if None in vals:
+        return None, None, None
     if len(vals) > 1:
         return statistics.fmean(vals), statistics.stdev(vals), "std"
     return vals[0], stderrs[0], None if stderrs[0] is None else "se"
@@ -77,7 +84,11 @@ def error_note(rows: list[dict]) -> str:
 
 def caption(table: dict, rows: list[dict], summaries: dict[str, str]) -> str:
     protocols = [f"{ev}: {s}" if len(summaries) > 1 else s for ev, s in summaries.items() if s]
-    return table["caption"].strip() + error_note(rows) + (f" Protocol: {'; '.join(protocols)}." if protocols else "")
+    undefined = any(None in r["values"][lab] for r in rows for lab in r["values"])
+    return (table["caption"].strip() + error_note(rows)
+            + (" n/a: undefined for that row (the evaluation recorded no value, e.g. no judgement read)."
+               if undefined else "")
+            + (f" Protocol: {'; '.join(protocols)}." if protocols else ""))
 
 
 def render(table: dict, rows: list[dict], summaries: dict[str, str] | None = None) -> dict[str, str]:
@@ -86,13 +97,16 @@ def render(table: dict, rows: list[dict], summaries: dict[str, str] | None = Non
     digits = {lab: (columns[lab].get("digits") if lab in columns else None) for lab in labels}
     digits = {lab: table["digits"] if d is None else d for lab, d in digits.items()}
     rule = {lab: columns[lab].get("best", "max") if lab in columns else "max" for lab in labels}
-    best = {lab: {"max": max, "min": min}[rule[lab]](statistics.fmean(r["values"][lab]) for r in rows)
-            for lab in labels if rule[lab] != "none"}
+    means = {lab: [m for r in rows if (m := summarise(r["values"][lab], r["stderr"][lab])[0]) is not None]
+             for lab in labels}
+    best = {lab: {"max": max, "min": min}[rule[lab]](means[lab]) for lab in labels if rule[lab] != "none" and means[lab]}
     lower = {lab: rule[lab] == "min" for lab in labels}
     text = caption(table, rows, summaries or {})
 
     def cell(row, lab, bold_fmt):
         mean, error, _ = summarise(row["values"][lab], row["stderr"][lab])
+        if mean is None:
+            return "n/a"
         d = digits[lab]
         out = f"{mean:.{d}f}" + (f" ± {error:.{d}f}" if error is not None else "")
         return bold_fmt(out) if lab in best and round(mean, d) == round(best[lab], d) else out
@@ -120,7 +134,7 @@ def render(table: dict, rows: list[dict], summaries: dict[str, str] | None = Non
         fields = [r["name"]]
         for lab in labels:
             mean, error, kind = summarise(r["values"][lab], r["stderr"][lab])
-            fields += [f"{mean:.6f}"] + [f"{error:.6f}" if kind == k else "" for k in ("std", "se")]
+            fields += ["" if mean is None else f"{mean:.6f}"] + [f"{error:.6f}" if kind == k else "" for k in ("std", "se")]
             fields.append(str(len(r["values"][lab])))
         csv_lines.append(",".join(fields))
     return {"tex": tex, "md": md, "csv": "\n".join(csv_lines) + "\n"}
