@@ -61,14 +61,20 @@ def test_benchmark_tasks_score_local_rows_with_the_harness_definitions(tiny_worl
 
 
 class ScriptedLM:
-    """An lm-eval model that answers each IFEval prompt with a fixed response (the checkers are under test)."""
+    """An lm-eval model that answers each prompt with a fixed response, by a field of its doc (the task's
+    answer checking is under test)."""
 
-    def __init__(self, responses: dict[int, str]):
+    def __init__(self, responses: dict, key: str = "key"):
         from lm_eval.api.model import LM
 
-        self.lm = type("Scripted", (LM,), {
-            "generate_until": lambda _, requests: [responses[r.doc["key"]] for r in requests],
-            "loglikelihood": None, "loglikelihood_rolling": None})()
+        self.prompts = []
+
+        def generate_until(_, requests):
+            self.prompts.extend(r.args[0] for r in requests)
+            return [responses[r.doc[key]] for r in requests]
+
+        self.lm = type("Scripted", (LM,), {"generate_until": generate_until, "loglikelihood": None,
+                                           "loglikelihood_rolling": None})()
 
 
 RESPONSES = {  # per row of the local IFEval file (two instructions each): response, strict and loose verdicts
@@ -111,3 +117,27 @@ def test_ifeval_without_punkt_tab_is_refused_before_the_model_loads(tmp_path, mo
     monkeypatch.delenv("NLTK_DATA", raising=False)
     with pytest.raises(InputError, match=rf"{tmp_path}: IFEval needs NLTK's tokenizers/punkt_tab.*rule nltk_data"):
         nltk_data.require(str(tmp_path))
+
+
+def test_math_tasks_check_answers_with_the_harness_definitions(tiny_world, tmp_path, monkeypatch):
+    """minerva_math_algebra (4 fixed shots, "Final Answer: ..." extraction, exact match and math_verify, lm-eval's
+    [math] extra) and hendrycks_math_algebra ($...$ extraction) on local rows of EleutherAI/hendrycks_math:
+    scripted answers, right on every other problem, score exactly that."""
+    files = local_task_files(tmp_path, "minerva_math_algebra", {"train": 2, "test": 6})
+    rows = [json.loads(line) for line in open(files["test"])]
+    truths = [r["solution"].rsplit("\\boxed{", 1)[1].split("}", 1)[0] for r in rows]
+    answers = {r["problem"]: t if i % 2 == 0 else str(int(t) + 1) for i, (r, t) in enumerate(zip(rows, truths))}
+    minerva = ScriptedLM({q: f" We add.\nFinal Answer: The final answer is ${a}$. I hope it is correct."
+                          for q, a in answers.items()}, key="problem")
+    hendrycks = ScriptedLM({q: f" ${a}$" for q, a in answers.items()}, key="problem")
+    for task, lm, shots, metrics in (("minerva_math_algebra", minerva, 4, ["exact_match", "math_verify"]),
+                                     ("hendrycks_math_algebra", hendrycks, 0, ["exact_match"])):
+        monkeypatch.setattr(evaluate.Harness, "model", lambda self, lm=lm: lm.lm)
+        out = tmp_path / f"{task}.json"
+        params = {**PARAMS, "tasks": [{"task": task, "shots": shots, "metric": metrics, "filter": "none",
+                                       "data_files": files}], "apply_chat_template": False, "limit": None}
+        evaluate.main(["--params", json.dumps(params), "--model", tiny_world[0], "--output", str(out)])
+        scores = json.loads(out.read_text())["scores"][task]
+        assert {m: scores[m] for m in metrics} == {m: 0.5 for m in metrics}, task
+        assert len(lm.prompts) == 6 and all(r["problem"] in p for r, p in zip(rows, lm.prompts))
+    assert all(p.count("Problem:") == 5 and "Final Answer: The final answer is $24$" in p for p in minerva.prompts)

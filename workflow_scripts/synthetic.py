@@ -30,7 +30,9 @@ mappings those datasets need:
   endings / source_id / split / split_type / label), `winogrande` (sentence with a blank / option1 /
   option2 / answer "1" or "2"), `truthfulqa_mc` (truthful_qa multiple_choice: question / mc1_targets /
   mc2_targets, each {choices, labels}, the true answers first), `ifeval` (google/IFEval: key / prompt /
-  instruction_id_list / kwargs, two of IFEval's instructions per prompt).
+  instruction_id_list / kwargs, two of IFEval's instructions per prompt), `hendrycks_math`
+  (EleutherAI/hendrycks_math, which minerva_math and hendrycks_math read: problem / level / type /
+  solution in LaTeX ending in `\boxed{12}`).
 
 `HUB_FORMATS` names the format of each hub dataset the paper configs read, `TASK_FORMATS` that of the
 data of lm-eval's tasks.
@@ -54,10 +56,11 @@ HUB_FORMATS = {
 }
 FORMATS = ("plain", "gsm8k", "metamathqa", "math", "ultrafeedback", "argilla_ultrafeedback", "numina_cot", "minervamath",
            "olympiadbench", "aime", "amc", "alpaca_eval", "arc", "mmlu", "hellaswag", "winogrande", "truthfulqa_mc",
-           "ifeval", "mt_bench")  # what in_format writes (the schema's `format` enum)
+           "ifeval", "mt_bench", "hendrycks_math")  # what in_format writes (the schema's `format` enum)
 TASK_FORMATS = {"gsm8k": "gsm8k", "arc_challenge": "arc", "arc_easy": "arc", "hellaswag": "hellaswag",
                 "winogrande": "winogrande", "truthfulqa_mc1": "truthfulqa_mc", "truthfulqa_mc2": "truthfulqa_mc",
-                "ifeval": "ifeval", "mmlu_abstract_algebra": "mmlu"}  # lm-eval task -> its data's format
+                "ifeval": "ifeval", "mmlu_abstract_algebra": "mmlu", "minerva_math_algebra": "hendrycks_math",
+                "hendrycks_math_algebra": "hendrycks_math"}  # lm-eval task -> its data's format
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 NAMES = ["Tom", "Ann", "Sam", "Mia", "Leo", "Zoe", "Max", "Ivy"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "eggs"]
@@ -181,6 +184,8 @@ def _competition_format(q: str, steps: list, total: str, index: int, fmt: str) -
     if fmt == "alpaca_eval":
         return {"instruction": q, "output": _latex(steps, total), "generator": "gpt4_1106_preview",
                 "dataset": "synthetic"}
+    if fmt == "hendrycks_math":
+        return {"problem": q, "level": "Level 1", "type": "Algebra", "solution": _latex(steps, total)}
     if fmt == "mt_bench":
         category = MT_BENCH_CATEGORIES[index % len(MT_BENCH_CATEGORIES)]
         graded = category in ("math", "reasoning", "coding")
