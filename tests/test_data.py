@@ -169,6 +169,81 @@ def uf_rows(n):
             for i in range(n)]
 
 
+def chat(*turns):
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+UF_ROW = {"prompt": "q?", "chosen": chat(("user", "q?"), ("assistant", "good")),
+          "rejected": chat(("user", "q?"), ("assistant", "bad"))}
+UF_FIRST = {"prompt": "prompt", "chosen": "chosen[1].content", "rejected": "rejected[1].content"}  # dpo_bmc's mapping
+
+
+@pytest.mark.parametrize("row, mapping, field, message", [
+    ({"chosen": chat(("assistant", "good"), ("user", "q?"))}, UF_FIRST, "chosen[0].role",
+     "role 'assistant' where the conversation needs 'user'"),
+    ({"chosen": chat(("human", "q?"), ("assistant", "good"))}, UF_FIRST, "chosen[0].role",
+     "unknown role 'human' (known: system, user, assistant)"),
+    ({"chosen": chat(("user", "q?"), ("assistant", "good"), ("system", "be brief"))}, UF_FIRST, "chosen[2].role",
+     "role 'system' where the conversation needs 'user'"),
+    ({"chosen": chat(("user", "q?"), ("user", "good"))}, UF_FIRST, "chosen[1].role",
+     "role 'user' where the conversation needs 'assistant'"),
+    ({"chosen": chat(("user", "q?"), ("assistant", "good"), ("user", "more?"))}, UF_MAPPING, "chosen[2].role",
+     "mapping.chosen takes a message of role 'user'; chosen must be one of role 'assistant'"),
+    ({"rejected": chat(("user", "another question?"), ("assistant", "bad"))}, UF_FIRST, "rejected",
+     "the conversation before the rejected turn differs from the one before the chosen turn"),
+    ({"prompt": "another question?"}, UF_FIRST, "chosen",
+     "the last user message before the mapped turn is not the record's prompt (mapping.prompt)"),
+    ({"chosen": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": None}]}, UF_FIRST, "chosen",
+     "must be a non-empty string"),
+    ({"chosen": [{"role": "user", "content": ["q?"]}, {"role": "assistant", "content": "good"}]}, UF_FIRST,
+     "chosen[0].content", "message content must be a string"),
+])
+def test_chat_columns_are_checked_as_conversations(row, mapping, field, message):
+    """UltraFeedback-style chat columns: roles from the known set in a valid order, the mapped turn's role, chosen
+    and rejected answering the same conversation, which ends in the record's prompt; file, line and field named."""
+    good, = data.normalise([(0, UF_ROW)], "uf", "train", mapping, "uf.jsonl")
+    assert (good["chosen"], good["rejected"]) == ("good", "bad")
+    with pytest.raises(InputError) as e:
+        data.normalise([(0, UF_ROW), (1, {**UF_ROW, **row})], "uf", "train", mapping, "uf.jsonl")
+    assert str(e.value).startswith(f"uf.jsonl, line 2, field '{field}': {message}")
+
+
+def test_a_system_message_first_and_multi_turn_context_are_valid():
+    context = chat(("system", "be brief"), ("user", "q0"), ("assistant", "a0"), ("user", "q?"))
+    row = {"prompt": "q?", "chosen": context + chat(("assistant", "good")), "rejected": context + chat(("assistant", "bad"))}
+    rec, = data.normalise([(0, row)], "uf", "train", UF_MAPPING, "uf.jsonl")
+    assert (rec["chosen"], rec["rejected"]) == ("good", "bad")
+
+
+def test_identical_pairs_are_dropped_and_counted_or_refused(tmp_path, capsys):
+    rows = [UF_ROW, {**UF_ROW, "rejected": chat(("user", "q?"), ("assistant", "good "))}, UF_ROW]
+    src, out = write(tmp_path / "uf.jsonl", rows), tmp_path / "out.jsonl"
+    argv = ["--dataset", "uf", "--split", "train", "--source", src, "--output", str(out)]
+    data.main(["--params", json.dumps({"mapping": UF_FIRST}), *argv])
+    assert [r["id"] for r in read_jsonl(out)] == ["uf-train-0", "uf-train-2"]
+    assert "uf.jsonl: dropped 1 pairs whose chosen and rejected are the same text" in capsys.readouterr().out
+    out.unlink()
+    with pytest.raises(InputError, match=re.escape("uf.jsonl, line 2, field 'rejected[1].content': chosen and "
+                                                   "rejected are the same text (identical_pairs: refuse)")):
+        data.main(["--params", json.dumps({"mapping": UF_FIRST, "identical_pairs": "refuse"}), *argv])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([], "split 'train' of dataset 'uf' holds no records"),
+    (["", ""], "split 'train' of dataset 'uf' holds no records"),
+    ([json.dumps(UF_ROW), "", json.dumps({**UF_ROW, "prompt": "other?"})],
+     "line 3, field 'chosen': the last user message before the mapped turn is not the record's prompt"),
+])
+def test_empty_splits_are_refused_and_line_numbers_are_the_files(tmp_path, lines, message):
+    src, out = tmp_path / "uf.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(InputError, match=re.escape(f"uf.jsonl{', ' if 'line' in message else ': '}{message}")):
+        data.main(["--params", json.dumps({"mapping": UF_FIRST}), "--dataset", "uf", "--split", "train",
+                   "--source", str(src), "--output", str(out)])
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("spec, expected", [
     ("train", ("train", slice(None, None))),
     ("train[:11000]", ("train", slice(None, 11000))),

@@ -16,9 +16,8 @@ import random
 import re
 from pathlib import Path
 
-from .io import InputError, read_json, read_jsonl, require_unique_ids, run_cli, write_jsonl
-
-ROLES = {"system", "user", "assistant"}
+from .conversations import ROLES, ConversationError, check_mapped_turns
+from .io import InputError, read_json, read_jsonl, read_jsonl_numbered, require_unique_ids, run_cli, write_jsonl
 
 
 def validate_record(record: dict, error) -> None:
@@ -84,14 +83,17 @@ def resolve_path(row: dict, path: str):
     return value
 
 
-def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, mapping: dict, source: str) -> list[dict]:
+def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, mapping: dict, source: str,
+              identical_pairs: str = "drop", lines: list[int] | None = None) -> list[dict]:
     """Map source columns to the record schema; `mapping` names the source column of each field.
 
-    `source_rows` are (index in the source split, row); errors name line index + 1.
+    `source_rows` are (index in the source split, row); errors name the file's line of a JSONL source
+    (`lines[index]`), else the row (index + 1). A pair whose chosen and rejected are the same text is
+    dropped and counted (`identical_pairs: drop`) or refused (`refuse`).
     """
-    out = []
+    out, identical = [], 0
     for index, row in source_rows:
-        line = index + 1
+        line = lines[index] if lines else index + 1
 
         def column(field):
             path = mapping.get(field)
@@ -124,7 +126,19 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
                 raise InputError(source, f"no '{marker}' answer marker", line, mapping["chosen"])
             record["answer"] = record["chosen"].rsplit(marker, 1)[1].strip()
         validate_record(record, lambda message, field=None, _l=line: InputError(source, message, _l, field))
+        try:
+            check_mapped_turns(row, mapping, record["prompt"])
+        except ConversationError as e:
+            raise InputError(source, str(e), line, e.field) from None
+        if "rejected" in record and record["rejected"].strip() == record["chosen"].strip():
+            if identical_pairs == "refuse":
+                raise InputError(source, "chosen and rejected are the same text (identical_pairs: refuse)", line,
+                                 mapping["rejected"])
+            identical += 1
+            continue
         out.append(record)
+    if identical:
+        print(f"{source}: dropped {identical} pairs whose chosen and rejected are the same text")
     return out
 
 
@@ -152,30 +166,33 @@ def parse_split(spec: str) -> tuple[str, slice]:
     return m.group(1), slice(start, stop)
 
 
-def read_local(path: str) -> list[dict]:
-    """Rows of a local JSONL, JSON (a list of objects) or Parquet file."""
+def read_local(path: str) -> tuple[list[dict], list[int] | None]:
+    """Rows of a local JSONL, JSON (a list of objects) or Parquet file, and each row's line for a JSONL file."""
     suffix = Path(path).suffix
     if suffix == ".jsonl":
-        return read_jsonl(path)
+        numbered = read_jsonl_numbered(path)
+        return [row for _, row in numbered], [line for line, _ in numbered]
     if suffix == ".json":
         rows = read_json(path)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise InputError(path, "a JSON source must be a list of objects")
-        return rows
+        return rows, None
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            return pq.read_table(path).to_pylist(), None
         except FileNotFoundError:
             raise InputError(path, "file not found") from None
     raise InputError(path, "a local source must be .jsonl, .json or .parquet")
 
 
-def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[tuple[int, dict]], str]:
-    """(index in the source split, row) of the split's rows, and a name for error messages."""
+def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[tuple[int, dict]], str, list | None]:
+    """(index in the source split, row) of the split's rows, a name for error messages, and the file's line of
+    each source index (JSONL files; None for the others)."""
+    lines = None
     if source_path is not None:
-        rows, name, part = read_local(source_path), source_path, slice(None)
+        (rows, lines), name, part = read_local(source_path), source_path, slice(None)
     else:
         from datasets import load_dataset  # the hub path: pinned revision, cached by `datasets`
 
@@ -191,7 +208,7 @@ def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[t
     indexed = list(enumerate(rows))
     if spec.get("shuffle_seed") is not None:
         random.Random(spec["shuffle_seed"]).shuffle(indexed)
-    return indexed[part], name
+    return indexed[part], name, lines
 
 
 def read_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = False) -> list[dict]:
@@ -233,8 +250,11 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     spec = json.loads(args.params)
-    rows, source = load_source(spec, args.split, args.source)
-    records = normalise(rows[: spec.get("limit")], args.dataset, args.split, spec["mapping"], source)
+    rows, source, lines = load_source(spec, args.split, args.source)
+    records = normalise(rows[: spec.get("limit")], args.dataset, args.split, spec["mapping"], source,
+                        spec.get("identical_pairs", "drop"), lines)
+    if not records:
+        raise InputError(source, f"split '{args.split}' of dataset '{args.dataset}' holds no records")
     require_unique_ids(source, records)
     n = write_jsonl(args.output, records)
     print(f"{args.dataset}/{args.split}: {n} records from {source}")

@@ -130,6 +130,12 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_jsonl(path: str | os.PathLike, validate: Callable[[dict, Callable[..., InputError]], None] | None = None) -> list[dict]:
     """Read a JSONL file (UTF-8, a BOM allowed; blank lines skipped; line numbers are the file's) and check its
     recorded digest; `validate(record, error)` raises `error(message, field)` on a bad record."""
+    return [record for _, record in read_jsonl_numbered(path, validate)]
+
+
+def read_jsonl_numbered(path: str | os.PathLike,
+                        validate: Callable[[dict, Callable[..., InputError]], None] | None = None) -> list[tuple[int, dict]]:
+    """read_jsonl's records with the file's line number of each."""
     records, h = [], hashlib.sha256()
     try:
         f = open(path, "rb")
@@ -153,7 +159,7 @@ def read_jsonl(path: str | os.PathLike, validate: Callable[[dict, Callable[..., 
                 raise InputError(path, "a record must be a JSON object", line=lineno)
             if validate is not None:
                 validate(record, lambda message, field=None, _l=lineno: InputError(path, message, _l, field))
-            records.append(record)
+            records.append((lineno, record))
     check_digest(path, h.hexdigest())
     return records
 

@@ -1,0 +1,76 @@
+"""Chat columns checked as conversations when a mapping picks a turn out of one (`chosen[1].content`).
+
+A mapped turn is taken by position, so a row whose roles are out of order would silently swap prompt and
+answer, and a `rejected` conversation of another prompt would be paired with this one's `chosen`. So:
+- the conversation's roles come from ROLES, in a valid order: an optional system message, then user and
+  assistant turns alternating from the user;
+- the turn a mapping takes is the assistant's for `chosen` / `rejected`, the user's for `prompt`;
+- the turns before `chosen`'s and `rejected`'s mapped turns are the same conversation, and their last
+  user message is the record's prompt.
+Each error names the path of the offending value (`chosen[2].role`).
+"""
+from __future__ import annotations
+
+import re
+
+ROLES = ("system", "user", "assistant")
+TURN_PATH = re.compile(r"^([^\[.]+)\[(-?\d+)\]\.content$")
+EXPECTED_ROLE = {"prompt": "user", "chosen": "assistant", "rejected": "assistant"}
+
+
+class ConversationError(ValueError):
+    """A chat column that is not a valid conversation for its mapping; `field` is the offending path."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+def mapped_turn(row: dict, path: str) -> tuple[str, list, int] | None:
+    """(column, messages, index of the mapped turn) when `path` takes a message's content from a chat column."""
+    m = TURN_PATH.match(path)
+    messages = row.get(m[1]) if m else None
+    if not isinstance(messages, list) or not messages or not all(isinstance(x, dict) and "role" in x for x in messages):
+        return None
+    index = int(m[2])
+    return m[1], messages, index + len(messages) if index < 0 else index
+
+
+def check_order(column: str, messages: list[dict]) -> None:
+    """Known roles, an optional system message first, then user / assistant alternating from the user."""
+    start = 1 if messages[0].get("role") == "system" else 0
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ROLES:
+            raise ConversationError(f"unknown role {role!r} (known: {', '.join(ROLES)})", f"{column}[{i}].role")
+        expected = "system" if i < start else ("user", "assistant")[(i - start) % 2]
+        if role != expected:
+            raise ConversationError(f"role {role!r} where the conversation needs {expected!r} (an optional system "
+                                    "message, then user and assistant turns alternating)", f"{column}[{i}].role")
+        if not isinstance(message.get("content"), str):
+            raise ConversationError("message content must be a string", f"{column}[{i}].content")
+
+
+def check_mapped_turns(row: dict, mapping: dict, prompt) -> None:
+    """Check every mapped chat turn of a row (see the module docstring); `prompt` is the record's prompt."""
+    contexts = {}
+    for field, role in EXPECTED_ROLE.items():
+        turn = mapped_turn(row, mapping.get(field) or "")
+        if turn is None:
+            continue
+        column, messages, index = turn
+        check_order(column, messages)
+        if messages[index]["role"] != role:
+            raise ConversationError(f"mapping.{field} takes a message of role {messages[index]['role']!r}; {field} "
+                                    f"must be one of role {role!r}", f"{column}[{index}].role")
+        if field != "prompt":
+            contexts[field] = (column, messages[:index])
+    if "chosen" in contexts and "rejected" in contexts and contexts["chosen"][1] != contexts["rejected"][1]:
+        raise ConversationError("the conversation before the rejected turn differs from the one before the chosen "
+                                "turn: not a response to the same prompt", contexts["rejected"][0])
+    for column, context in contexts.values():
+        users = [m["content"] for m in context if m["role"] == "user"]
+        last = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        if not users or users[-1].strip() != str(last).strip():
+            raise ConversationError("the last user message before the mapped turn is not the record's prompt "
+                                    "(mapping.prompt)", column)
