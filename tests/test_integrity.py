@@ -81,3 +81,24 @@ def test_a_damaged_shard_is_redone_not_resumed(tmp_path, capsys):
     records, resumed = run_in_shards(out, list(range(6)), work, {"v": 1}, 2, "squares")
     assert (records, resumed) == (whole, 1) and out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     assert f"shard redone: {first}: the content (sha256" in capsys.readouterr().out
+
+
+def test_the_weights_digest_covers_pytorch_bin_weights_and_refuses_a_folder_without_weights(tiny_world, tmp_path):
+    """A model published as pytorch_model.bin (MetaMath-Mistral-7B at its pinned revision) gets the digest of its
+    weights, so a changed .bin is caught; a folder without any weight file is refused, never hashed as nothing."""
+    import torch
+    from safetensors.torch import load_file
+
+    model = tmp_path / "bin_model"
+    shutil.copytree(tiny_world[0], model)
+    weights = model / "model.safetensors"
+    torch.save(load_file(weights), model / "pytorch_model.bin")
+    weights.unlink()
+    record_digest(model, weights_digest(str(model)))
+    with open(model / "pytorch_model.bin", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(InputError, match=re.escape(f"{model}: the content (sha256")):
+        weights_digest(str(model))
+    (model / "pytorch_model.bin").unlink()
+    with pytest.raises(InputError, match=re.escape(f"{model}: no weight files (*.safetensors, *.bin)")):
+        weights_digest(str(model))

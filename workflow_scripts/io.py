@@ -207,6 +207,14 @@ def sha256_tree(path: str | os.PathLike, pattern: str = "*") -> str:
     return combine_digests((f.relative_to(path), sha256_file(f)) for f in sorted(path.rglob(pattern)) if f.is_file())
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")  # the files from_pretrained loads weights from (safetensors, PyTorch's)
+
+
+def is_weight_file(name: str) -> bool:
+    """Whether a model folder's file holds weights (what models.weights_digest covers)."""
+    return name.endswith(WEIGHT_SUFFIXES)
+
+
 def combine_digests(files: Iterable[tuple[Path, str]]) -> str:
     """A folder's digest from its files' (relative path, sha256), in path order (what sha256_tree hashes)."""
     h = hashlib.sha256()

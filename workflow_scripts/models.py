@@ -12,7 +12,10 @@ from typing import Callable
 
 import torch
 
-from .io import atomic_path, check_digest, forget_digest, record_digest, sha256_tree
+from .io import (
+    WEIGHT_SUFFIXES, InputError, atomic_path, check_digest, combine_digests, forget_digest, is_weight_file, record_digest,
+    sha256_file, sha256_tree,
+)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "tokenizer.model")
@@ -28,10 +31,14 @@ def local_dir(model: str, revision: str | None = None) -> Path:
 
 
 def weights_digest(model: str, revision: str | None = None) -> str:
-    """Digest of a model's safetensors files, checked against the one recorded when the workflow wrote the folder
-    (a trained model's `model.sha256`): weights changed in place are refused wherever they are read."""
+    """Digest of a model's weight files (every `*.safetensors` and `*.bin`), checked against the one recorded
+    when the workflow wrote the folder (a trained model's `model.sha256`): weights changed in place are refused
+    wherever they are read. A folder with no weight file is refused (its digest would be of nothing)."""
     folder = local_dir(model, revision)
-    digest = sha256_tree(folder, "*.safetensors")
+    files = [f for f in sorted(folder.rglob("*")) if f.is_file() and is_weight_file(f.name)]
+    if not files:
+        raise InputError(folder, f"no weight files ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}) in the model folder")
+    digest = combine_digests((f.relative_to(folder), sha256_file(f)) for f in files)
     check_digest(folder, digest)
     return digest
 

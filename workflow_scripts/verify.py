@@ -1,6 +1,6 @@
 """Check every artifact of a results folder against what was recorded when it was written (`make verify`).
 
-- each `<name>.sha256` beside a JSON or JSONL file or a model folder (the folder's safetensors);
+- each `<name>.sha256` beside a JSON or JSONL file or a model folder (the folder's weight files);
 - each reference cache's tensors against the sha256 in its `.json`;
 - with `--manifest`, every artifact the manifest lists (changed or missing since it was written).
 
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .io import combine_digests, read_json, recorded_digest
+from .io import combine_digests, is_weight_file, read_json, recorded_digest
 from .manifest import artifact_digests, is_artifact
 
 
@@ -38,7 +38,7 @@ def recorded_problems(results: Path, digests: dict[str, str]) -> list[str]:
 def folder_digest(digests: dict[str, str], folder: Path) -> str:
     """A model folder's weights digest (models.weights_digest) from its files' digests."""
     files = sorted((Path(name).relative_to(folder), d) for name, d in digests.items()
-                   if name.startswith(f"{folder}/") and name.endswith(".safetensors"))
+                   if name.startswith(f"{folder}/") and is_weight_file(name))
     return combine_digests(files)
 
 
