@@ -127,8 +127,12 @@ def test_recipes_keep_the_upstream_numbers():
                for r in bmc.values())
 
     sc = load(ROOT / "experiments/scdpo.yaml")["runs"]["scdpo"]
-    assert (sc["method"], sc["beta"], sc["lr"], sc["epochs"], sc["batch_size"]) == ("scdpo", 0.5, 1e-7, 2, 64)
-    assert (sc["max_length"], sc["max_prompt_length"]) == (1024, 512)
+    assert (sc["method"], sc["beta"], sc["lr"], sc["epochs"], sc["batch_size"]) == ("scdpo", 0.5, 1e-7, 2, 16)
+    assert (sc["max_length"], sc["max_prompt_length"], sc["micro_batch_size"], sc["processes"]) == (1024, 512, 2, 4)
+    dyn_answers = load(ROOT / "experiments/dynft.yaml")["answer_sets"].values()
+    assert all((a["max_new_tokens"], a["samples"], a["temperature"]) == (4096, 16, 1.0) for a in dyn_answers)
+    spin = load(ROOT / "experiments/dft_general.yaml")["runs"]["spin"]["generation"]
+    assert (spin["backend"], spin["dtype"]) == ("vllm", "bfloat16")  # as the generation of the other negatives
 
 
 # ------------------------------------------------------------------------------------ dry runs
