@@ -208,6 +208,35 @@ def test_chat_columns_are_checked_as_conversations(row, mapping, field, message)
     assert str(e.value).startswith(f"uf.jsonl, line 2, field '{field}': {message}")
 
 
+SELFPLAY = {"real": chat(("user", "q?"), ("assistant", "good")), "generated_0": chat(("user", "q?"), ("assistant", "b0")),
+            "generated_1": chat(("user", "q?"), ("assistant", "b1"))}
+SELFPLAY_MAPPING = {"prompt": "real[0].content", "chosen": "real[1].content", "negatives": "generated_{i}[1].content"}
+
+
+@pytest.mark.parametrize("row, mapping, field, message", [
+    ({"generated_1": chat(("user", "q?"), ("user", "b1"))}, SELFPLAY_MAPPING, "generated_1[1].role",
+     "role 'user' where the conversation needs 'assistant'"),
+    ({"generated_1": chat(("user", "other?"), ("assistant", "b1"))}, SELFPLAY_MAPPING, "generated_1",
+     "the conversation before the negatives turn differs from the one before the chosen turn"),
+    ({"generated_1": chat(("user", "q?"), ("assistant", " "))}, SELFPLAY_MAPPING, "negatives",
+     "must be a list of non-empty strings"),
+])
+def test_one_to_m_negatives_by_column_pattern_or_list(row, mapping, field, message):
+    """The released DFT self-play columns: negatives from a column pattern (or a list of paths), each checked
+    as a response to the record's conversation."""
+    good, = data.normalise([(0, SELFPLAY)], "uf", "train", SELFPLAY_MAPPING, "uf.jsonl")
+    assert (good["chosen"], good["negatives"]) == ("good", ["b0", "b1"])
+    listed = {**SELFPLAY_MAPPING, "negatives": ["generated_1[1].content", "generated_0[1].content"]}
+    assert data.normalise([(0, SELFPLAY)], "uf", "train", listed, "uf.jsonl")[0]["negatives"] == ["b1", "b0"]
+    with pytest.raises(InputError) as e:
+        data.normalise([(0, SELFPLAY), (1, {**SELFPLAY, **row})], "uf", "train", mapping, "uf.jsonl")
+    assert str(e.value).startswith(f"uf.jsonl, line 2, field '{field}': {message}")
+    with pytest.raises(InputError, match=re.escape("uf.jsonl, line 1: no column matches mapping.negatives = "
+                                                   "'sampled_{i}[1].content'")):
+        data.normalise([(0, SELFPLAY)], "uf", "train", {**SELFPLAY_MAPPING, "negatives": "sampled_{i}[1].content"},
+                       "uf.jsonl")
+
+
 def test_a_system_message_first_and_multi_turn_context_are_valid():
     context = chat(("system", "be brief"), ("user", "q0"), ("assistant", "a0"), ("user", "q?"))
     row = {"prompt": "q?", "chosen": context + chat(("assistant", "good")), "rejected": context + chat(("assistant", "bad"))}

@@ -395,3 +395,31 @@ def test_gradient_checkpointing_trains_like_the_shared_prompt_forward(tiny_world
     one, two = (load_file(str(tmp_path / d / "model/model.safetensors")) for d in ("plain", "ckpt"))
     for name in one:
         torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5)
+
+
+def test_released_dft_selfplay_columns_load_as_negatives_and_train_dft(tiny_world, tmp_path):
+    """1-to-m data in the columns of the DFT seeds' released self-play sets (`real` and `generated_<i>`, each a
+    [user, assistant] conversation: PenGuln/DFT generator/merge_and_upload.py, read by scripts/run_dft.py) load
+    through `negatives: generated_{i}[1].content` into the records a merged generation holds, and dft trains."""
+    model, pairs = tiny_world
+    records = [json.loads(line) for line in Path(pairs).read_text().splitlines()]
+
+    def conversation(question, answer):
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+    rows = [{"idx": r["id"].rsplit("-", 1)[1], "prompt": r["prompt"][0]["content"],
+             "real": conversation(r["prompt"][0]["content"], r["chosen"]),
+             **{f"generated_{i}": conversation(r["prompt"][0]["content"], n) for i, n in enumerate(r["negatives"])}}
+            for r in records]
+    source, data = tmp_path / "released.jsonl", tmp_path / "toy/train.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    mapping = {"id": "idx", "prompt": "real[0].content", "chosen": "real[1].content",
+               "negatives": "generated_{i}[1].content"}
+    from workflow_scripts import data as data_stage
+
+    data_stage.main(["--params", json.dumps({"mapping": mapping}), "--dataset", "toy", "--split", "train",
+                     "--source", str(source), "--output", str(data)])
+    loaded = [json.loads(line) for line in data.read_text().splitlines()]
+    assert loaded == records  # the merged format: prompt, chosen and the four negatives in column order
+    log = run_train(model, str(data), tmp_path / "dft", hp_for("dft"), "--ref-model", model)
+    assert log and all(torch.isfinite(torch.tensor(e["loss"])) for e in log)

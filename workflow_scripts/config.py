@@ -328,8 +328,11 @@ def _check_negatives(name: str, r: dict, config: dict) -> None:
         have = 1
         source = f"the pairs of '{r['data']}' hold one negative each (at least)"
     else:
-        have = 1 if datasets[r["data"]]["mapping"].get("rejected") else 0
-        source = f"dataset '{r['data']}' maps {have} rejected response(s)"
+        mapping = datasets[r["data"]]["mapping"]
+        if isinstance(mapping.get("negatives"), str):
+            return  # a column pattern: counted per record when the run reads the data (read_pairs)
+        have = len(mapping["negatives"]) if mapping.get("negatives") else 1 if mapping.get("rejected") else 0
+        source = f"dataset '{r['data']}' maps {have} negative response(s)"
     if have < need:
         raise ConfigError(f"config error at runs.{name}: {method} needs {need} negatives per example "
                           f"(m={r.get('m')}, epochs={r['epochs']}, sample={r.get('sample')}); {source}")

@@ -4,9 +4,10 @@ A mapped turn is taken by position, so a row whose roles are out of order would 
 answer, and a `rejected` conversation of another prompt would be paired with this one's `chosen`. So:
 - the conversation's roles come from ROLES, in a valid order: an optional system message, then user and
   assistant turns alternating from the user;
-- the turn a mapping takes is the assistant's for `chosen` / `rejected`, the user's for `prompt`;
-- the turns before `chosen`'s and `rejected`'s mapped turns are the same conversation, and their last
-  user message is the record's prompt.
+- the turn a mapping takes is the assistant's for `chosen` / `rejected` / the negatives, the user's for
+  `prompt`;
+- the turns before the mapped responses are the same conversation, and its last user message is the
+  record's prompt.
 Each error names the path of the offending value (`chosen[2].role`).
 """
 from __future__ import annotations
@@ -15,7 +16,6 @@ import re
 
 ROLES = ("system", "user", "assistant")
 TURN_PATH = re.compile(r"^([^\[.]+)\[(-?\d+)\]\.content$")
-EXPECTED_ROLE = {"prompt": "user", "chosen": "assistant", "rejected": "assistant"}
 
 
 class ConversationError(ValueError):
@@ -51,23 +51,29 @@ def check_order(column: str, messages: list[dict]) -> None:
             raise ConversationError("message content must be a string", f"{column}[{i}].content")
 
 
-def check_mapped_turns(row: dict, mapping: dict, prompt) -> None:
-    """Check every mapped chat turn of a row (see the module docstring); `prompt` is the record's prompt."""
+def check_mapped_turns(row: dict, paths: dict[str, str], prompt) -> None:
+    """Check every mapped chat turn of a row (see the module docstring): `paths` maps a record field (prompt,
+    chosen, rejected, negatives[k]) to its column path; `prompt` is the record's prompt."""
     contexts = {}
-    for field, role in EXPECTED_ROLE.items():
-        turn = mapped_turn(row, mapping.get(field) or "")
+    for field, path in paths.items():
+        turn = mapped_turn(row, path)
         if turn is None:
             continue
         column, messages, index = turn
         check_order(column, messages)
+        role = "user" if field == "prompt" else "assistant"
         if messages[index]["role"] != role:
-            raise ConversationError(f"mapping.{field} takes a message of role {messages[index]['role']!r}; {field} "
+            kind = field.split("[")[0]
+            raise ConversationError(f"mapping.{kind} takes a message of role {messages[index]['role']!r}; {kind} "
                                     f"must be one of role {role!r}", f"{column}[{index}].role")
         if field != "prompt":
             contexts[field] = (column, messages[:index])
-    if "chosen" in contexts and "rejected" in contexts and contexts["chosen"][1] != contexts["rejected"][1]:
-        raise ConversationError("the conversation before the rejected turn differs from the one before the chosen "
-                                "turn: not a response to the same prompt", contexts["rejected"][0])
+    first = next(iter(contexts.values()), None)
+    for field, (column, context) in contexts.items():
+        if context != first[1]:
+            raise ConversationError(f"the conversation before the {field.split('[')[0]} turn differs from the one "
+                                    f"before the {next(iter(contexts)).split('[')[0]} turn: not a response to the same "
+                                    "prompt", column)
     for column, context in contexts.values():
         users = [m["content"] for m in context if m["role"] == "user"]
         last = prompt[-1]["content"] if isinstance(prompt, list) else prompt

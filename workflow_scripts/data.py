@@ -41,6 +41,9 @@ def validate_record(record: dict, error) -> None:
         raise error("must be true or false (is the completion desirable?)", "label")
     if "prefix" in record and not isinstance(record["prefix"], str):
         raise error("must be a string (the given start of the response)", "prefix")
+    if "negatives" in record and (not isinstance(record["negatives"], list) or not all(
+            isinstance(n, str) and n.strip() for n in record["negatives"])):
+        raise error("must be a list of non-empty strings", "negatives")
     if "followups" in record:
         _validate_question(record, error)
     elif "chosen" not in record:
@@ -95,14 +98,14 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
     for index, row in source_rows:
         line = lines[index] if lines else index + 1
 
-        def column(field):
-            path = mapping.get(field)
-            if path is None:
-                return None
+        def value(path, field):
             try:
                 return resolve_path(row, path)
             except LookupError as e:
                 raise InputError(source, f"{e.args[0]} (mapping.{field} = '{path}')", line, path) from None
+
+        def column(field):
+            return None if mapping.get(field) is None else value(mapping[field], field)
 
         source_index = column("id") if mapping.get("id") else index
         record = {"id": f"{dataset}-{split}-{source_index}"}
@@ -115,6 +118,11 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
             record["chosen"] = column("chosen")
         if mapping.get("rejected"):
             record["rejected"] = column("rejected")
+        negative_paths = expand_negatives(row, mapping.get("negatives"))
+        if mapping.get("negatives"):
+            if not negative_paths:
+                raise InputError(source, f"no column matches mapping.negatives = {mapping['negatives']!r}", line)
+            record["negatives"] = [value(p, "negatives") for p in negative_paths]
         if mapping.get("label"):
             record["label"] = column("label")
         if mapping.get("answer"):
@@ -126,8 +134,10 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
                 raise InputError(source, f"no '{marker}' answer marker", line, mapping["chosen"])
             record["answer"] = record["chosen"].rsplit(marker, 1)[1].strip()
         validate_record(record, lambda message, field=None, _l=line: InputError(source, message, _l, field))
+        paths = {f: mapping[f] for f in ("prompt", "chosen", "rejected") if mapping.get(f)}
+        paths.update({f"negatives[{k}]": p for k, p in enumerate(negative_paths)})
         try:
-            check_mapped_turns(row, mapping, record["prompt"])
+            check_mapped_turns(row, paths, record["prompt"])
         except ConversationError as e:
             raise InputError(source, str(e), line, e.field) from None
         if "rejected" in record and record["rejected"].strip() == record["chosen"].strip():
@@ -140,6 +150,23 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
     if identical:
         print(f"{source}: dropped {identical} pairs whose chosen and rejected are the same text")
     return out
+
+
+def expand_negatives(row: dict, spec) -> list[str]:
+    """The column paths of a row's negatives (1-to-m data): a list of paths, or one path with `{i}` standing for
+    0, 1, ... as long as the row has that column (`generated_{i}[1].content`: generated_0 ... generated_15)."""
+    if not spec:
+        return []
+    if isinstance(spec, list):
+        return list(spec)
+    if "{i}" not in spec:
+        return [spec]
+    paths = []
+    while True:
+        path = spec.replace("{i}", str(len(paths)))
+        if re.match(r"[^\[.]+", path)[0] not in row:
+            return paths
+        paths.append(path)
 
 
 def question_fields(column, source: str, line: int, mapping: dict) -> dict:
