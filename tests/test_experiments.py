@@ -78,6 +78,8 @@ def test_recipes_keep_the_upstream_numbers():
     assert (gen["temperature"], gen["top_p"], gen["top_k"]) == (0.7, 1.0, 50)
     assert "You are an unhelpful assistant." in gen["prompt_format"]
     runs = general["runs"]
+    assert all((r["prompt_format"], r["response_format"]) == ("<|user|>\n{prompt}</s>\n",
+                                                               "<|assistant|>\n{response}</s>\n") for r in runs.values())
     assert (runs["dft"]["tau"], runs["dft"]["gamma"], runs["dft"]["m"], runs["dft"]["sample"]) == (1.0, 0.85, 2, True)
     assert (runs["dft2"]["tau"], runs["dft2"]["gamma"], runs["dft2"]["method"]) == (0.3, 0.9, "dft2")
     for name in ("sft", "dft", "dft2"):

@@ -423,3 +423,34 @@ def test_released_dft_selfplay_columns_load_as_negatives_and_train_dft(tiny_worl
     assert loaded == records  # the merged format: prompt, chosen and the four negatives in column order
     log = run_train(model, str(data), tmp_path / "dft", hp_for("dft"), "--ref-model", model)
     assert log and all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
+
+
+# PenGuln/DFT recipes/dft/mistral_base_dft.yaml @ cd7a0fb: the zephyr-style template its trainer renders
+DFT_RECIPE_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}"
+    "\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif "
+    "message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if "
+    "loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+
+
+def test_the_dft_response_format_scores_what_upstream_scores(tiny_world):
+    """PenGuln/DFT (scripts/run_dft.py) renders the prompt without a generation prompt and scores the rest of the
+    rendered conversation ('<|assistant|>\\n', the answer, '</s>\\n'), and TRL 0.11's add_eos_token_if_needed adds
+    EOS again: prompt_format + response_format encode the same ids."""
+    from workflow_scripts.encoding import encode_examples
+    from workflow_scripts.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_world[0])
+    tok.chat_template = DFT_RECIPE_TEMPLATE
+    prompt = [{"role": "user", "content": "Tom has 3 pens. How many?"}]
+    text_prompt = tok.apply_chat_template(prompt, tokenize=False)
+    text_chosen = tok.apply_chat_template(prompt + [{"role": "assistant", "content": "3"}], tokenize=False)
+    text_chosen = text_chosen[len(text_prompt):]
+    eos = tok.eos_token
+    assert text_chosen == f"<|assistant|>\n3{eos}\n"
+    settings = {"max_length": 128, "max_prompt_length": 64, "prompt_format": "<|user|>\n{prompt}" + eos + "\n",
+                "response_format": "<|assistant|>\n{response}" + eos + "\n"}
+    example, = encode_examples(tok, [{"id": "x", "prompt": prompt, "chosen": "3", "negatives": []}], [], settings)[0]
+    ids = example.chosen.ids
+    assert ids[:example.chosen.n_prompt] == tok(text_prompt)["input_ids"]  # BOS first (TRL's add_bos_token_if_needed)
+    assert ids[example.chosen.n_prompt:] == tok(text_chosen, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

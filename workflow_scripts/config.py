@@ -14,7 +14,7 @@ import yaml
 NAME = re.compile(r"^[A-Za-z0-9_]+$")
 COMMON_KEYS = ["method", "lr", "epochs", "batch_size", "micro_batch_size", "warmup_ratio", "weight_decay",
                "max_grad_norm", "adam_betas", "adam_eps", "schedule", "dtype", "max_length", "max_prompt_length",
-               "prompt_format", "over_long_prompts", "lora", "checkpoint_every", "keep_checkpoints", "precision",
+               "prompt_format", "response_format", "over_long_prompts", "lora", "checkpoint_every", "keep_checkpoints", "precision",
                "gradient_checkpointing", "attn_implementation"]
 
 
@@ -71,7 +71,8 @@ def refcache_settings(hp: dict) -> dict:
     """The encoding settings a reference cache shares with the runs that read it (its digest)."""
     spec = METHODS[hp["method"]]
     return {"max_length": hp["max_length"], "max_prompt_length": hp["max_prompt_length"],
-            "prompt_format": hp.get("prompt_format"), "over_long_prompts": hp.get("over_long_prompts", "truncate"),
+            "prompt_format": hp.get("prompt_format"), "response_format": hp.get("response_format"),
+            "over_long_prompts": hp.get("over_long_prompts", "truncate"),
             "token_level": spec.token_ref, "kl_pairs": spec.kl_pairs}
 
 

@@ -28,8 +28,11 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def encode_response(tokenizer, text: str) -> list[int]:
-    """Response ids followed by EOS (the model learns to stop)."""
+def encode_response(tokenizer, text: str, response_format: str | None = None) -> list[int]:
+    """Response ids followed by EOS (the model learns to stop); with a `response_format`, the text around
+    {response} is scored too (PenGuln/DFT's '<|assistant|>\\n{response}</s>\\n')."""
+    if response_format is not None:
+        text = response_format.format(response=text)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids + [tokenizer.eos_token_id]
 
@@ -159,7 +162,7 @@ def encode_examples(tokenizer, records: list[dict], columns: list[int], settings
     strict = settings.get("over_long_prompts") == "error"
 
     def join(i, text):
-        response = encode_response(tokenizer, text)
+        response = encode_response(tokenizer, text, settings.get("response_format"))
         n_prompt, limit = len(prompts[i]), settings["max_prompt_length"]
         if strict and n_prompt + len(response) > settings["max_length"] and n_prompt > limit:
             raise InputError(source, f"id {records[i]['id']!r}: the prompt has {n_prompt} tokens, over "

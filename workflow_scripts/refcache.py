@@ -20,7 +20,7 @@ from .encoding import encode_examples, forward_logps
 from .io import InputError, atomic_path, read_json, run_cli, sha256_file, write_json
 from .models import default_device, load_model, load_tokenizer, tokenizer_digest, weights_digest
 
-SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "token_level", "kl_pairs")
+SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "response_format", "token_level", "kl_pairs")
 
 
 def expected_digests(model: str, revision: str | None, data: str, settings: dict) -> dict:
