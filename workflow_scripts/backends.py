@@ -10,7 +10,7 @@ keep leading whitespace (callers strip it where the recipe does).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -163,24 +163,43 @@ class PerRequestSampler(LogitsProcessor):
 class VLLMBackend:
     """vLLM's offline engine with one seeded SamplingParams per request (vLLM #11953, #17524, #51226).
 
-    Placement as `models.vllm_engine_args` says (on GPU it takes `gpu_memory_utilization`).
+    Placement as `models.vllm_engine_args` says (on GPU it takes `gpu_memory_utilization`). vLLM refuses a
+    whole batch when one prompt fills the context (`max_model_len`); such prompts are cut to their end
+    (`over_long_prompts: truncate`, counted in `prompts_cut`: room is left for the response's token limit,
+    or half the context) or refused before the batch runs (`error`). A response that would run past the
+    context stops there (finish reason `length`), as vLLM does.
     """
 
     name = "vllm"
 
     def __init__(self, model: str, revision: str | None, dtype: str, max_model_len: int | None,
-                 gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False):
+                 gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False,
+                 over_long_prompts: str = "truncate"):
         from vllm import LLM
 
         self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
         self.llm = LLM(model=model, revision=revision, tokenizer=model, tokenizer_revision=revision, dtype=dtype,
                        seed=0, max_model_len=max_model_len, trust_remote_code=trust_remote_code,
                        **vllm_engine_args(gpu_memory_utilization))
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.over_long_prompts, self.prompts_cut = over_long_prompts, 0
+
+    def fit(self, requests: list[Request]) -> list[Request]:
+        """The requests with every prompt that fills the context cut to its end, or refused (see the class)."""
+        limit = self.max_model_len
+        over = [r for r in requests if len(r.prompt_ids) >= limit]
+        if over and self.over_long_prompts == "error":
+            raise ValueError(f"{len(over)} of {len(requests)} prompts have {limit} tokens or more, the context "
+                             f"(max_model_len); over_long_prompts: truncate keeps their end")
+        self.prompts_cut += len(over)
+        return [replace(r, prompt_ids=r.prompt_ids[-max(limit - r.sampling.max_new_tokens, limit // 2):])
+                if len(r.prompt_ids) >= limit else r for r in requests]
 
     def generate(self, requests: list[Request]) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        requests = self.fit(requests)
         params = []
         for r in requests:
             stop_ids, stop = split_stops(self.tokenizer, r.sampling.stop)
@@ -205,5 +224,5 @@ def load_backend(name: str, model: str, revision: str | None, p: dict, trust_rem
                          p.get("attn_implementation"))
     if name == "vllm":
         return VLLMBackend(model, revision, p.get("dtype", "float32"), p.get("max_model_len"),
-                           p.get("gpu_memory_utilization", 0.9), trust_remote_code)
+                           p.get("gpu_memory_utilization", 0.9), trust_remote_code, p.get("over_long_prompts", "truncate"))
     raise ValueError(f"unknown generation backend {name!r}; choose from {BACKENDS}")

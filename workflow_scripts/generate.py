@@ -75,6 +75,11 @@ class LazyBackend:
             self.backend = load_backend(*self.args)
         return self.backend.generate(requests)
 
+    @property
+    def prompts_cut(self) -> int:
+        """Prompts the backend cut to fit its context (vLLM's over_long_prompts: truncate), this process."""
+        return getattr(self.backend, "prompts_cut", 0)
+
 
 def fingerprint(stage: str, p: dict, seed: int, data: str, model: str, revision: str | None) -> dict:
     """Everything a stage's shards depend on."""
@@ -120,7 +125,7 @@ def main(argv: list[str] | None) -> None:
                                      p["shard_size"], f"generate seed {args.seed}")
     stopped = sum(r["finish_reason"] == "stop" for r in results)
     print(f"seeds {seeds[0]}..{seeds[-1]}: {len(results)} samples ({p['backend']}), {stopped} stopped before the length limit, "
-          f"{resumed} shards resumed")
+          f"{resumed} shards resumed, {backend.prompts_cut} prompts cut to fit the context")
 
 
 if __name__ == "__main__":
