@@ -19,7 +19,7 @@ import torch
 from .backends import Request, Sampling, load_backend, request_seed
 from .data import validate_record
 from .encoding import encode_prompt, render_prompt
-from .io import read_jsonl, run_cli, sha256_file
+from .io import InputError, read_jsonl, run_cli, sha256_file
 from .models import load_tokenizer, model_identity
 from .shards import run_in_shards
 
@@ -109,7 +109,8 @@ def main(argv: list[str] | None) -> None:
     tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
     backend = LazyBackend(p["backend"], args.model, args.revision, p, args.trust_remote_code)
     if p.get("prompt_format") and any("followups" in r for r in records):
-        raise SystemExit(f"{args.data}: multi-turn questions need the chat template; prompt_format renders one turn")
+        raise InputError(args.data, "multi-turn questions need the chat template; prompt_format renders one turn",
+                         field="followups")
 
     seeds = [args.seed + k for k in range(p.get("samples", 1))]  # answer sets may take several per prompt
 
