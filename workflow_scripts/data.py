@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .conversations import ROLES, ConversationError, check_mapped_turns
 from .io import InputError, read_json, read_jsonl, read_jsonl_numbered, require_unique_ids, run_cli, write_jsonl
+from .pin_revisions import require_pinned
 
 
 def validate_record(record: dict, error) -> None:
@@ -223,6 +224,7 @@ def load_source(spec: dict, split: str, source_path: str | None) -> tuple[list[t
     else:
         from datasets import load_dataset  # the hub path: pinned revision, cached by `datasets`
 
+        require_pinned(spec["revision"], spec["hf_id"])
         source_split, part = parse_split(spec["splits"][split])
         if spec.get("hub_files"):  # a data file of the repo at the revision (repos whose loading script
             file = spec["hub_files"][source_split]  # `datasets` no longer runs, e.g. tatsu-lab/alpaca_eval)

@@ -16,6 +16,7 @@ from .io import (
     WEIGHT_SUFFIXES, InputError, atomic_path, check_digest, combine_digests, forget_digest, is_weight_file, record_digest,
     sha256_file, sha256_tree,
 )
+from .pin_revisions import require_pinned
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "tokenizer.model")
@@ -66,6 +67,7 @@ def tokenizer_digest(model: str, revision: str | None = None) -> str:
 
 def model_identity(model: str, revision: str | None = None) -> dict:
     """What a model's outputs depend on: the pinned revision of a hub model, the digests of a local folder."""
+    require_pinned(revision, model)
     if revision is not None and not os.path.isdir(model):
         return {"hf_id": model, "revision": revision}
     return {"weights": weights_digest(model, revision), "tokenizer": tokenizer_digest(model, revision)}
@@ -74,6 +76,7 @@ def model_identity(model: str, revision: str | None = None) -> dict:
 def load_tokenizer(model: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    require_pinned(revision, model)
     tok = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -104,6 +107,7 @@ def load_model(model: str, revision: str | None = None, dtype: str = "float32", 
     """A causal LM in `dtype`; `attn_implementation` eager / sdpa / flash_attention_2 (None: transformers' choice)."""
     from transformers import AutoModelForCausalLM
 
+    require_pinned(revision, model)
     return AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=getattr(torch, dtype),
                                                 trust_remote_code=trust_remote_code,
                                                 attn_implementation=attn_implementation)
