@@ -63,7 +63,7 @@ def test_synthetic_sets_in_the_real_formats_read_through_the_real_mappings(case)
     if mapping.get("answer") or mapping.get("answer_after"):
         assert all(answers_equal(r["answer"], t) for r, t in zip(recs, truths))
     marks = {"gsm8k": "<<", "metamathqa": "\nThe answer is: ", "ultrafeedback": "#### ",
-             "argilla_ultrafeedback": "#### ", "minervamath": "", "amc": ""}  # the others: LaTeX solutions
+             "argilla_ultrafeedback": "#### ", "dft_selfplay": "#### ", "minervamath": "", "amc": ""}  # others: LaTeX
     if mapping.get("turns"):  # multi-turn questions: no chosen; follow-ups, categories, references per turn
         assert all(len(r["followups"]) == 1 and "chosen" not in r for r in recs)
         graded = [r for r in recs if r["category"] in ("math", "reasoning", "coding")]
@@ -72,6 +72,9 @@ def test_synthetic_sets_in_the_real_formats_read_through_the_real_mappings(case)
     assert all(marks.get(fmt, "\\boxed{") in r["chosen"] for r in recs)
     if mapping.get("rejected"):
         assert all(r["rejected"] != r["chosen"] and r["rejected"].rsplit("#### ", 1)[1] != t
+                   for r, t in zip(recs, truths))
+    if mapping.get("negatives"):  # 1-to-m: every negative a wrong answer to the same problem
+        assert all(len(r["negatives"]) == 4 and all(n.rsplit("#### ", 1)[1] != t for n in r["negatives"])
                    for r, t in zip(recs, truths))
 
 

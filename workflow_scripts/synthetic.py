@@ -21,6 +21,9 @@ mappings those datasets need:
 - `aime`: Maxwell-Jia/AIME_2024's ID / Problem / Solution / Answer (an integer);
 - `amc`: math-ai/amc23's id / question / answer (a float) / url;
 - `alpaca_eval`: tatsu-lab/alpaca_eval's instruction / output / generator / dataset;
+- `dft_selfplay`: the DFT seeds' released self-play sets (PenGuln/DFT generator/merge_and_upload.py):
+  prompt / real / generated_0 ... generated_3, each of real and generated_<i> a [user, assistant]
+  conversation (the negatives' steps off by 1 to 3);
 - `mt_bench`: HuggingFaceH4/mt_bench_prompts' prompt (two user turns: the problem, then a follow-up on the
   answer) / prompt_id / category (MT-Bench's eight, in turn) / reference (one answer per turn for math,
   reasoning and coding, empty for the others, as that dataset has it);
@@ -53,10 +56,11 @@ HUB_FORMATS = {
     "AI-MO/NuminaMath-CoT": "numina_cot", "math-ai/minervamath": "minervamath",
     "math-ai/olympiadbench": "olympiadbench", "Maxwell-Jia/AIME_2024": "aime", "math-ai/amc23": "amc",
     "tatsu-lab/alpaca_eval": "alpaca_eval", "HuggingFaceH4/mt_bench_prompts": "mt_bench",
+    "siqi00/mistral_ultrafeedback_unhelpful_chatprompt_0.7_1.0_50_320": "dft_selfplay",
 }
 FORMATS = ("plain", "gsm8k", "metamathqa", "math", "ultrafeedback", "argilla_ultrafeedback", "numina_cot", "minervamath",
            "olympiadbench", "aime", "amc", "alpaca_eval", "arc", "mmlu", "hellaswag", "winogrande", "truthfulqa_mc",
-           "ifeval", "mt_bench", "hendrycks_math")  # what in_format writes (the schema's `format` enum)
+           "ifeval", "mt_bench", "hendrycks_math", "dft_selfplay")  # what in_format writes (the schema's `format` enum)
 TASK_FORMATS = {"gsm8k": "gsm8k", "arc_challenge": "arc", "arc_easy": "arc", "hellaswag": "hellaswag",
                 "winogrande": "winogrande", "truthfulqa_mc1": "truthfulqa_mc", "truthfulqa_mc2": "truthfulqa_mc",
                 "ifeval": "ifeval", "mmlu_abstract_algebra": "mmlu", "minerva_math_algebra": "hendrycks_math",
@@ -164,6 +168,9 @@ def in_format(problem: dict, fmt: str) -> dict:
                     "rejected-model": "off-by-some"}
         return {"prompt": q, "prompt_id": hashlib.sha256(q.encode()).hexdigest(), "chosen": chosen,
                 "rejected": rejected, "messages": chosen, "score_chosen": 8.0, "score_rejected": 3.0}
+    if fmt == "dft_selfplay":
+        return {"prompt": q, "real": _chat(q, answer), **{f"generated_{k}": _chat(q, _wrong(answer, index + k))
+                                                          for k in range(4)}}
     return _competition_format(q, steps, total, index, fmt)
 
 
