@@ -135,12 +135,7 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
                 raise InputError(source, f"no '{marker}' answer marker", line, mapping["chosen"])
             record["answer"] = record["chosen"].rsplit(marker, 1)[1].strip()
         validate_record(record, lambda message, field=None, _l=line: InputError(source, message, _l, field))
-        paths = {f: mapping[f] for f in ("prompt", "chosen", "rejected") if mapping.get(f)}
-        paths.update({f"negatives[{k}]": p for k, p in enumerate(negative_paths)})
-        try:
-            check_mapped_turns(row, paths, record["prompt"])
-        except ConversationError as e:
-            raise InputError(source, str(e), line, e.field) from None
+        check_conversations(row, record, mapping, negative_paths, source, line)
         if "rejected" in record and record["rejected"].strip() == record["chosen"].strip():
             if identical_pairs == "refuse":
                 raise InputError(source, "chosen and rejected are the same text (identical_pairs: refuse)", line,
@@ -151,6 +146,17 @@ def normalise(source_rows: list[tuple[int, dict]], dataset: str, split: str, map
     if identical:
         print(f"{source}: dropped {identical} pairs whose chosen and rejected are the same text")
     return out
+
+
+def check_conversations(row: dict, record: dict, mapping: dict, negative_paths: list[str], source: str,
+                        line: int) -> None:
+    """The chat turns a row's mapping takes, checked as parts of one conversation (conversations.py)."""
+    paths = {f: mapping[f] for f in ("prompt", "chosen", "rejected") if mapping.get(f)}
+    paths.update({f"negatives[{k}]": p for k, p in enumerate(negative_paths)})
+    try:
+        check_mapped_turns(row, paths, record["prompt"])
+    except ConversationError as e:
+        raise InputError(source, str(e), line, e.field) from None
 
 
 def expand_negatives(row: dict, spec) -> list[str]:
