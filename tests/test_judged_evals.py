@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from chat_endpoint import ChatEndpoint
+from loopback_api import ChatEndpoint
 from workflow_scripts import head2head, judges, math_eval
 from workflow_scripts.io import InputError
 

@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from chat_endpoint import ChatEndpoint
+from loopback_api import ChatEndpoint
 from workflow_scripts import generate, head2head, mt_bench
 
 sys.modules.setdefault("anthropic", types.ModuleType("anthropic"))  # FastChat imports it for Claude judges only

@@ -1,11 +1,8 @@
 """UNRESOLVED hub revisions: a config plans with them, no job loads them, and pin_revisions writes in the commits
 the hub's `main` points to (asked of a hub API on loopback here), keeping every other byte of the file."""
-import http.server
-import json
-import threading
-
 import pytest
 
+from loopback_api import LoopbackAPI
 from workflow_scripts import pin_revisions
 from workflow_scripts.io import InputError
 from workflow_scripts.models import load_tokenizer
@@ -30,34 +27,17 @@ COMMITS = {"/api/models/org/released-dft/revision/main": "a" * 40, "/api/dataset
 
 @pytest.fixture
 def hub(monkeypatch):
-    """A hub API on loopback that knows the commits of COMMITS."""
-    asked = []
+    """A hub API on loopback that knows the commits of COMMITS (404 for any other repo)."""
+    def reply(method, path, body):
+        return {"id": path.split("/")[3], "sha": COMMITS[path], "siblings": []} if path in COMMITS else None
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            path = self.path.split("?")[0]
-            asked.append(path)
-            if path not in COMMITS:
-                self.send_error(404)
-                return
-            body = json.dumps({"id": path.split("/")[3], "sha": COMMITS[path], "siblings": []}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = LoopbackAPI(reply, error_status=404)
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(constants, "ENDPOINT", api.url)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    yield asked
-    server.shutdown()
+    yield api.requests
+    api.server.shutdown()
 
 
 def test_unresolved_revisions_are_pinned_in_place(hub, tmp_path, capsys):
@@ -67,7 +47,8 @@ def test_unresolved_revisions_are_pinned_in_place(hub, tmp_path, capsys):
     expected = CONFIG.replace("revision: UNRESOLVED   # not", f"revision: {'a' * 40}   # not").replace(
         "revision: UNRESOLVED\n", f"revision: {'b' * 40}\n")
     assert path.read_text() == expected
-    assert sorted(p for p in hub if p.startswith(("/api/models/", "/api/datasets/"))) == sorted(COMMITS)
+    asked = [r["path"].split("?")[0] for r in hub]
+    assert sorted(p for p in asked if p.startswith(("/api/models/", "/api/datasets/"))) == sorted(COMMITS)
     out = capsys.readouterr().out
     assert f"released.yaml:8: models.released (org/released-dft@main) -> {'a' * 40}" in out
     pin_revisions.main([str(path)])
