@@ -221,8 +221,8 @@ SELFPLAY_MAPPING = {"prompt": "real[0].content", "chosen": "real[1].content", "n
      "role 'user' where the conversation needs 'assistant'"),
     ({"generated_1": chat(("user", "other?"), ("assistant", "b1"))}, SELFPLAY_MAPPING, "generated_1",
      "the conversation before the negatives turn differs from the one before the chosen turn"),
-    ({"generated_1": chat(("user", "q?"), ("assistant", " "))}, SELFPLAY_MAPPING, "negatives",
-     "must be a list of non-empty strings"),
+    ({"generated_1": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": None}]}, SELFPLAY_MAPPING,
+     "negatives", "must be a list of strings"),
 ])
 def test_one_to_m_negatives_by_column_pattern_or_list(row, mapping, field, message):
     """The released DFT self-play columns: negatives from a column pattern (or a list of paths), each checked

@@ -43,8 +43,8 @@ def validate_record(record: dict, error) -> None:
     if "prefix" in record and not isinstance(record["prefix"], str):
         raise error("must be a string (the given start of the response)", "prefix")
     if "negatives" in record and (not isinstance(record["negatives"], list) or not all(
-            isinstance(n, str) and n.strip() for n in record["negatives"])):
-        raise error("must be a list of non-empty strings", "negatives")
+            isinstance(n, str) for n in record["negatives"])):  # a sampled negative may be empty (EOS first)
+        raise error("must be a list of strings", "negatives")
     if "followups" in record:
         _validate_question(record, error)
     elif "chosen" not in record:
