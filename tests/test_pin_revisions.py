@@ -58,7 +58,8 @@ def test_unresolved_revisions_are_pinned_in_place(hub, tmp_path, capsys):
 def test_a_repo_the_hub_does_not_know_leaves_the_file_as_it_was(hub, tmp_path):
     path = tmp_path / "released.yaml"
     path.write_text(CONFIG.replace("org/selfplay", "org/gone"))
-    with pytest.raises(Exception):
+    with pytest.raises(SystemExit, match=r"released.yaml, line 12, field 'datasets.data': the hub has no "
+                                         r"org/gone@main .*nothing was written"):
         pin_revisions.main([str(path)])
     assert path.read_text() == CONFIG.replace("org/selfplay", "org/gone")
 

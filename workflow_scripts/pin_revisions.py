@@ -53,13 +53,19 @@ def resolve(kind: str, repo: str, ref: str) -> str:
 
 def pin(path: str, ref: str = "main") -> list[str]:
     """Write the commits of the config's UNRESOLVED revisions into the file; the changes, one line each."""
+    from huggingface_hub.errors import HfHubHTTPError
+
     with open(path) as f:
         text = f.read()
     config, lines = yaml.safe_load(text), text.splitlines(keepends=True)
     changes = []
     for i, section, entry in unresolved(lines):
         repo = config[section][entry]["hf_id"]
-        sha = resolve(SECTIONS[section], repo, ref)
+        try:
+            sha = resolve(SECTIONS[section], repo, ref)
+        except HfHubHTTPError as e:
+            raise InputError(path, f"the hub has no {repo}@{ref} ({type(e).__name__}); nothing was written", i + 1,
+                             f"{section}.{entry}") from None
         if not re.fullmatch(r"[0-9a-f]{40}", sha or ""):
             raise InputError(path, f"the hub gave no commit for {repo}@{ref}: {sha!r}", i + 1, f"{section}.{entry}")
         lines[i] = REVISION.sub(rf"\g<1>{sha}", lines[i])
