@@ -2,12 +2,14 @@
 import hashlib
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, workflow.basedir)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from snakemake.exceptions import WorkflowError
+from workflow_scripts import plan
 from workflow_scripts.config import (
     METHODS, ConfigError, check_config, check_yaml_file, negatives_required, refcache_settings,
     run_hyperparameters, runs_model_here,
@@ -23,6 +25,8 @@ except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 R = "results"
+ANSWER_GROUPS = plan.answer_groups(config)  # group name -> the answer sets one job generates together
+GROUP_OF = {a: group for group, sets in ANSWER_GROUPS.items() for a in sets}
 # Credentials (hub downloads of gated models, API judges, wandb) come only from the environment: the
 # ones that are set are declared with `envvars` (passed to cluster jobs), never put in params or files.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY")
@@ -39,7 +43,7 @@ wildcard_constraints:
     eval=r"[A-Za-z0-9_]+",
     table=r"[A-Za-z0-9_]+",
     subject=r"[A-Za-z0-9_]+/(seed\d+|base)",
-    answer_set=r"[A-Za-z0-9_]+",
+    answer_group="|".join(map(re.escape, ANSWER_GROUPS)) or "(?!)",
 
 
 def js(obj):
@@ -177,16 +181,11 @@ def refcache_params(cache):
 
 
 def subjects(row):
-    """Evaluated instances of a table row: each training seed of a run, or a base model."""
-    if row in config["runs"]:
-        return [f"{row}/seed{s}" for s in config["runs"][row]["seeds"]]
-    return [f"{row}/base"]
+    return plan.subjects(config, row)
 
 
 def subject_model_name(subject):
-    """The configured model behind an evaluated instance (a run's base model, or the model itself)."""
-    name, instance = subject.split("/")
-    return name if instance == "base" else config["runs"][name]["model"]
+    return plan.subject_model_name(config, subject)
 
 
 def subject_model(subject):
@@ -303,8 +302,22 @@ def judged_evals(model_judge):
     return "|".join(names) if names else "(?!)"
 
 
+def answers_dir(subject, group):
+    """The folder of an answer group's sets, answered by an evaluated instance (rule answers)."""
+    return f"{R}/answers/{subject}/{group}"
+
+
 def answers_file(subject, answer_set):
-    return f"{R}/answers/{subject}/{answer_set}.jsonl"
+    return f"{answers_dir(subject, GROUP_OF[answer_set])}/{answer_set}.jsonl"
+
+
+def answer_group_sets(group):
+    """The answer sets of a group as its job reads them: name, split, seed and the settings that change
+    the answers."""
+    drop = ("threads", "dataset", "split", "seed")
+    return [{"name": a, "data": answer_set_split(a), "seed": config["answer_sets"][a]["seed"],
+             "params": {k: v for k, v in config["answer_sets"][a].items() if k not in drop}}
+            for a in ANSWER_GROUPS[group]]
 
 
 def answer_set_split(answer_set):
@@ -315,21 +328,20 @@ def answer_set_split(answer_set):
 def head2head_reference(w):
     """(name, answer file or None) of the reference an evaluated instance is judged against: for pairwise
     its starting model; for alpaca_eval the configured model / run (its first seed) or the split's `chosen`."""
-    e = config["evals"][w.eval]
-    ref = subject_model_name(w.subject) if e["kind"] == "pairwise" else e["reference"]
-    if ref == "dataset":
-        return f"{e['answer_set']} references (the split's chosen responses)", None
-    subject = subjects(ref)[0]
-    return subject, answers_file(subject, e["answer_set"])
+    answer_set = config["evals"][w.eval]["answer_set"]
+    subject = plan.head2head_reference(config, w.subject, w.eval)
+    if subject is None:
+        return f"{answer_set} references (the split's chosen responses)", None
+    return subject, answers_file(subject, answer_set)
 
 
 def head2head_inputs(w):
     e = config["evals"][w.eval]
     inputs = {"script": code("head2head"), "data": answer_set_split(e["answer_set"]),
-              "answers": answers_file(w.subject, e["answer_set"])}
+              "answers": answers_dir(w.subject, GROUP_OF[e["answer_set"]])}
     reference = head2head_reference(w)[1]
     if reference:
-        inputs["reference"] = reference
+        inputs["reference"] = os.path.dirname(reference)
     if runs_model_here(e["judge"]):
         inputs["judge"] = model_location(e["judge"]["model"])[2]
     if e["judge"]["kind"] == "fastchat":

@@ -71,30 +71,30 @@ rule evaluate:
 
 
 rule answers:
-    """One response per prompt of a split from an evaluated model (greedy unless configured)."""
+    """One response per prompt (greedy unless configured) to each answer set of a group, from an evaluated
+    model loaded once for the group (workflow_scripts/answer_groups.py)."""
     input:
-        script=code("generate"),
-        data=lambda w: answer_set_split(w.answer_set),
+        script=code("answer_group"),
+        data=lambda w: [answer_set_split(a) for a in ANSWER_GROUPS[w.answer_group]],
         model=lambda w: subject_model(w.subject)[2],
     output:
-        answers_file("{subject}", "{answer_set}"),
+        directory(answers_dir("{subject}", "{answer_group}")),
     params:
-        python=lambda w: generate_python(config["answer_sets"][w.answer_set]),
-        spec=lambda w: engine_params(config["answer_sets"][w.answer_set], ("dataset", "split", "seed")),
-        seed=lambda w: config["answer_sets"][w.answer_set]["seed"],
+        python=lambda w: generate_python(config["answer_sets"][ANSWER_GROUPS[w.answer_group][0]]),
+        sets=lambda w: js(answer_group_sets(w.answer_group)),
         model=lambda w: subject_model(w.subject)[0],
         revision=lambda w: revision_arg(subject_model(w.subject)[1]),
         trust=lambda w: trust_arg(subject_model_name(w.subject)),
-    threads: lambda w: config["answer_sets"][w.answer_set]["threads"]
+    threads: lambda w: config["answer_sets"][ANSWER_GROUPS[w.answer_group][0]]["threads"]
     log:
-        f"{R}/logs/answers/{{subject}}/{{answer_set}}.log",
+        f"{R}/logs/answers/{{subject}}/{{answer_group}}.log",
     benchmark:
-        f"{R}/benchmarks/answers/{{subject}}/{{answer_set}}.tsv"
+        f"{R}/benchmarks/answers/{{subject}}/{{answer_group}}.tsv"
     conda:
         "../envs/generate.yaml"
     shell:
-        "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} "
-        "{params.revision} {params.trust} --seed {params.seed} --output {output} --threads {threads} > {log} 2>&1"
+        "{params.python} -m workflow_scripts.answer_group --sets {params.sets:q} --model {params.model} "
+        "{params.revision} {params.trust} --output {output} --threads {threads} > {log} 2>&1"
 
 
 rule math_eval:
@@ -103,7 +103,7 @@ rule math_eval:
         eval=evals_of_kind("math"),
     input:
         script=code("math_eval"),
-        answers=lambda w: [answers_file(w.subject, a) for a in config["evals"][w.eval]["answer_sets"]],
+        answers=lambda w: sorted({answers_dir(w.subject, GROUP_OF[a]) for a in config["evals"][w.eval]["answer_sets"]}),
         data=lambda w: [answer_set_split(a) for a in config["evals"][w.eval]["answer_sets"]],
     output:
         scores=f"{R}/eval/{{subject}}/{{eval}}.json",
@@ -135,7 +135,8 @@ rule head2head:
         samples=f"{R}/eval/{{subject}}/{{eval}}.samples.jsonl",
     params:
         spec=lambda w: js({k: v for k, v in config["evals"][w.eval].items() if k != "threads"}),
-        reference=lambda w, input: f"--reference-answers {input.reference}" if "reference" in input.keys() else "",
+        answers=lambda w: answers_file(w.subject, config["evals"][w.eval]["answer_set"]),
+        reference=lambda w: f"--reference-answers {head2head_reference(w)[1]}" if head2head_reference(w)[1] else "",
         reference_name=lambda w: head2head_reference(w)[0],
         model=lambda w: subject_model(w.subject)[0],
         judge=judge_args,
@@ -148,7 +149,7 @@ rule head2head:
     conda:
         lambda w: engine_env(local_judge(w.eval), "../envs/eval.yaml")
     shell:
-        "{params.python} -m workflow_scripts.head2head --params {params.spec:q} --data {input.data} --answers {input.answers} "
+        "{params.python} -m workflow_scripts.head2head --params {params.spec:q} --data {input.data} --answers {params.answers} "
         "{params.reference} --reference-name {params.reference_name:q} --model {params.model} {params.judge} "
         "--output {output.scores} > {log} 2>&1"
 

@@ -15,6 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workflow_scripts.plan import group_of  # noqa: E402
 from workflow_scripts.config import METHODS, check_config  # noqa: E402
 from workflow_scripts.nltk_data import needs_punkt  # noqa: E402
 
@@ -207,7 +208,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
             "spin_merge": sum(len(runs[r]["seeds"]) for r in spin), "refcache": len(refcaches),
             "step_controlled_generate": sum(len(steps[s]["seeds"]) for s in used_steps),
             "step_controlled_pairs": len(used_steps), "bridge": len(used_bridges),
-            "train": sum(len(runs[r]["seeds"]) for r in needed), "answers": len(answers), **eval_jobs,
+            "train": sum(len(runs[r]["seeds"]) for r in needed), "answers": len({(inst, group_of(config)[a]) for inst, a in answers}), **eval_jobs,
             "lm_eval_tasks": len(synthetic), "table": len(tables),
             "nltk_data": int(any(needs_punkt(task["task"]) for _, ev in evaluated if evals[ev]["kind"] == "lm_eval"
                                  for task in evals[ev]["tasks"]))}  # IFEval's punkt_tab, fetched once

@@ -187,3 +187,84 @@ def test_several_samples_per_prompt_extend_the_single_sample_file(tiny_world, tm
     multi = [json.loads(line) for line in three.read_text().splitlines()]
     assert [(r["id"], r["seed"]) for r in multi] == [(r["id"], s) for r in single for s in (3, 4, 5)]
     assert [r for r in multi if r["seed"] == 3] == single
+
+
+def group_sets(data):
+    """Two answer sets of one group: the same split, other seeds and sampling."""
+    return [{"name": "first", "data": data, "seed": 3, "params": {**PARAMS, "shard_size": 2}},
+            {"name": "second", "data": data, "seed": 5, "params": {**PARAMS, "shard_size": 2, "temperature": 0.0,
+                                                                   "max_new_tokens": 12, "limit": 20}}]
+
+
+def group_argv(model, sets, out):
+    return ["--sets", json.dumps(sets), "--model", model, "--output", str(out)]
+
+
+def test_an_answer_group_writes_each_set_as_its_own_job_would(tiny_world, tmp_path):
+    """One model load for the group; each set's file byte-identical to the set generated alone."""
+    from workflow_scripts import answer_group
+
+    model, data = tiny_world
+    sets = group_sets(data)
+    answer_group.main(group_argv(model, sets, tmp_path / "group"))
+    for s in sets:
+        alone = tmp_path / f"alone/{s['name']}.jsonl"
+        generate.main(["--params", json.dumps(s["params"]), "--data", data, "--model", model,
+                       "--seed", str(s["seed"]), "--output", str(alone)])
+        assert (tmp_path / "group" / f"{s['name']}.jsonl").read_bytes() == alone.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "group").iterdir()) == ["first.jsonl", "second.jsonl"]
+    assert not shard_folder(tmp_path / "group").exists()
+
+
+def test_a_killed_answer_group_keeps_its_finished_sets(tiny_world, tmp_path):
+    """SIGKILL while the second set runs: no output folder; the rerun keeps the first set's file as it was
+    (not regenerated), resumes the second from its shards and ends byte-identical to an uninterrupted run."""
+    model, data = tiny_world
+    sets = group_sets(data)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "workflow_scripts.answer_group"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([*command, *group_argv(model, sets, whole)], env=env, cwd=ROOT, check=True, capture_output=True)
+    staging = shard_folder(killed)
+    second = shard_folder(staging / "second.jsonl")
+    proc = subprocess.Popen([*command, *group_argv(model, sets, killed)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(second.glob("shard*.jsonl"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (staging / "first.jsonl").exists() and not killed.exists(), "the job must be killed in the second set"
+    first_done = (staging / "first.jsonl").stat().st_mtime_ns
+    resumed = subprocess.run([*command, *group_argv(model, sets, killed)], env=env, cwd=ROOT, capture_output=True,
+                             text=True, check=True)
+    assert "first.jsonl: done before this job started" in resumed.stdout
+    assert int(re.search(r"second.jsonl: .* (\d+) shards resumed", resumed.stdout).group(1)) >= 2
+    assert (killed / "first.jsonl").stat().st_mtime_ns == first_done  # moved into the folder, not rewritten
+    for name in ("first.jsonl", "second.jsonl"):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes()
+    assert not staging.exists()
+
+
+def test_answer_sets_are_grouped_by_the_instances_that_need_them_and_engine():
+    """Sets needed by the same instances with the same engine share a job (whichever evals read them);
+    another engine setting, or a set another instance also needs, makes another group; a set no
+    evaluation needs is in none."""
+    from workflow_scripts.plan import answer_groups
+
+    engine = {"backend": "vllm", "dtype": "bfloat16", "max_model_len": 2048, "threads": 1}
+    config = {
+        "runs": {"run": {"model": "base", "seeds": [1, 2]}},
+        "answer_sets": {"gsm8k": {**engine, "max_new_tokens": 512}, "math": {**engine, "temperature": 0.7},
+                        "long": {**engine, "max_model_len": 4096}, "chat": dict(engine), "unread": dict(engine)},
+        "evals": {"math": {"kind": "math", "answer_sets": ["gsm8k", "math", "long"]},
+                  "alpaca": {"kind": "alpaca_eval", "answer_set": "gsm8k", "reference": "dataset"},
+                  "pairwise": {"kind": "pairwise", "answer_set": "chat"}},  # and the starting model's answers
+        "tables": {"main": {"eval": "math", "rows": ["run"],
+                            "columns": [{"eval": None}, {"eval": "alpaca"}, {"eval": "pairwise"}]}},
+    }
+    assert answer_groups(config) == {"gsm8k+math": ["gsm8k", "math"], "long": ["long"], "chat": ["chat"]}
+    config["tables"]["base"] = {"eval": "math", "rows": ["base"], "columns": [{"eval": None}]}
+    assert answer_groups(config) == {"gsm8k+math+chat": ["gsm8k", "math", "chat"], "long": ["long"]}
+    config["tables"]["base"]["columns"] = [{"eval": "alpaca"}]  # the base model needs gsm8k, not math
+    assert answer_groups(config) == {"gsm8k+chat": ["gsm8k", "chat"], "math": ["math"], "long": ["long"]}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -99,34 +100,42 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
 
 
+def generate_file(p: dict, data: str, seed: int, output: str | Path, model: str, revision: str | None,
+                  tokenizer, backend) -> str:
+    """Write one seed's responses to the records of `data` (the stage's params `p`) to `output`, in
+    resumable shards; returns a summary line for the log."""
+    records = read_jsonl(data, validate_record)[: p.get("limit")]
+    if p.get("prompt_format") and any("followups" in r for r in records):
+        raise InputError(data, "multi-turn questions need the chat template; prompt_format renders one turn",
+                         field="followups")
+    seeds = [seed + k for k in range(p.get("samples", 1))]  # answer sets may take several per prompt
+    cut_before = backend.prompts_cut  # a backend may serve several files
+
+    def work(chunk: list[tuple[dict, int]]) -> list[dict]:
+        answers = answer_turns(chunk, lambda r, s, turn: Request(
+            prompt_ids(tokenizer, r, p), turn_seed(r["id"], s, turn), sampling_for(p, r)), backend)
+        return [{"id": r["id"], "seed": s, "text": texts[0], "finish_reason": reasons[0],
+                 **({"turns": texts, "finish_reasons": reasons} if "followups" in r else {})}
+                for (r, s), (texts, reasons) in zip(chunk, answers)]
+
+    results, resumed = run_in_shards(output, [(r, s) for r in records for s in seeds], work,
+                                     fingerprint("generate", p, seed, data, model, revision),
+                                     p["shard_size"], f"generate seed {seed}")
+    stopped = sum(r["finish_reason"] == "stop" for r in results)
+    return (f"{Path(output).name}: seeds {seeds[0]}..{seeds[-1]}: {len(results)} samples ({p['backend']}), "
+            f"{stopped} stopped before the length limit, {resumed} shards resumed, "
+            f"{backend.prompts_cut - cut_before} prompts cut to fit the context")
+
+
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_generation_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
-    records = read_jsonl(args.data, validate_record)[: p.get("limit")]
     tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
     backend = LazyBackend(p["backend"], args.model, args.revision, p, args.trust_remote_code)
-    if p.get("prompt_format") and any("followups" in r for r in records):
-        raise InputError(args.data, "multi-turn questions need the chat template; prompt_format renders one turn",
-                         field="followups")
-
-    seeds = [args.seed + k for k in range(p.get("samples", 1))]  # answer sets may take several per prompt
-
-    def work(chunk: list[tuple[dict, int]]) -> list[dict]:
-        answers = answer_turns(chunk, lambda r, seed, turn: Request(
-            prompt_ids(tokenizer, r, p), turn_seed(r["id"], seed, turn), sampling_for(p, r)), backend)
-        return [{"id": r["id"], "seed": seed, "text": texts[0], "finish_reason": reasons[0],
-                 **({"turns": texts, "finish_reasons": reasons} if "followups" in r else {})}
-                for (r, seed), (texts, reasons) in zip(chunk, answers)]
-
-    results, resumed = run_in_shards(args.output, [(r, seed) for r in records for seed in seeds], work,
-                                     fingerprint("generate", p, args.seed, args.data, args.model, args.revision),
-                                     p["shard_size"], f"generate seed {args.seed}")
-    stopped = sum(r["finish_reason"] == "stop" for r in results)
-    print(f"seeds {seeds[0]}..{seeds[-1]}: {len(results)} samples ({p['backend']}), {stopped} stopped before the length limit, "
-          f"{resumed} shards resumed, {backend.prompts_cut} prompts cut to fit the context")
+    print(generate_file(p, args.data, args.seed, args.output, args.model, args.revision, tokenizer, backend))
 
 
 if __name__ == "__main__":

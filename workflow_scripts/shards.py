@@ -29,12 +29,7 @@ def run_in_shards(output: str | Path, items: list, work: Callable[[list], list[d
 
     Returns the records and the number of shards that were resumed from disk.
     """
-    folder = shard_folder(output)
-    meta = folder / "fingerprint.json"
-    if folder.exists() and _fingerprint(meta) != fingerprint:  # other settings, or a damaged record: redo all
-        shutil.rmtree(folder)
-    if not meta.exists():
-        write_json(meta, fingerprint)
+    folder = kept_folder(shard_folder(output), fingerprint)
     records, resumed = [], 0
     with tqdm(total=len(items), desc=desc, mininterval=5) as bar:
         for start in range(0, len(items), shard_size):
@@ -62,6 +57,17 @@ def _finished_shard(path: Path) -> list[dict] | None:
     except InputError as e:
         print(f"shard redone: {e}", flush=True)
         return None
+
+
+def kept_folder(folder: Path, fingerprint) -> Path:
+    """The folder of a job's finished work, emptied first when that work was done under another fingerprint
+    (other settings, data or model), or its record of it is damaged."""
+    meta = folder / "fingerprint.json"
+    if folder.exists() and _fingerprint(meta) != fingerprint:
+        shutil.rmtree(folder)
+    if not meta.exists():
+        write_json(meta, fingerprint)
+    return folder
 
 
 def _fingerprint(meta: Path) -> dict | None:
