@@ -20,6 +20,9 @@ rule train:
     threads: lambda w: config["runs"][w.run]["threads"]
     resources:
         gpu=lambda w: config["runs"][w.run]["processes"],  # one process per GPU on the cluster
+        # tracking is a resource, not a param: turning it on or off never reruns a training
+        report_to=",".join(config["tracking"]["report_to"]) or "none",
+        tracking_project=config["tracking"]["project"],
     log:
         f"{R}/logs/train/{{run}}/seed{{seed}}.log",
     benchmark:
@@ -29,4 +32,4 @@ rule train:
     shell:
         "python -m workflow_scripts.launch {params.launch} workflow_scripts.train --params {params.hp:q} --run {wildcards.run} --model {params.model} {params.revision} "
         "{params.trust} --data {input.data} {params.reference} --outdir {params.outdir} "
-        "--threads {threads} > {log} 2>&1"
+        "--report-to {resources.report_to} --project {resources.tracking_project} --threads {threads} > {log} 2>&1"

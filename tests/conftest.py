@@ -93,12 +93,15 @@ def trained_tiny(tiny_world, tmp_path_factory):
 @pytest.fixture(scope="session")
 def mini_run(tmp_path_factory):
     """The mini config run end to end (once per session: tests/test_workflow.py and test_report.py
-    read it), with (fake) credentials in the environment. (workdir, config path)."""
+    read it), with (fake) credentials in the environment and experiment tracking on (TensorBoard, and
+    W&B in its offline mode). (workdir, config path)."""
     from test_workflow import FAKE_TOKENS, MINI, snakemake, write_config
 
     workdir = tmp_path_factory.mktemp("mini")
-    config = write_config(workdir / "config.yaml", yaml.safe_load(MINI.read_text()))
-    result = snakemake(workdir, "--cores", "2", "--configfile", config, env=FAKE_TOKENS)
+    mini = {**yaml.safe_load(MINI.read_text()), "tracking": {"report_to": ["tensorboard", "wandb"], "project": "mini"}}
+    config = write_config(workdir / "config.yaml", mini)
+    result = snakemake(workdir, "--cores", "2", "--configfile", config,
+                       env={**FAKE_TOKENS, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert not any(token in result.stdout + result.stderr for token in FAKE_TOKENS.values())
     return workdir, config

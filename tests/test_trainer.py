@@ -454,3 +454,57 @@ def test_the_dft_response_format_scores_what_upstream_scores(tiny_world):
     ids = example.chosen.ids
     assert ids[:example.chosen.n_prompt] == tok(text_prompt)["input_ids"]  # BOS first (TRL's add_bos_token_if_needed)
     assert ids[example.chosen.n_prompt:] == tok(text_chosen, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_tracking_logs_each_step_of_train_log(tiny_world, tmp_path, monkeypatch):
+    """Tracking on (TensorBoard files and W&B's offline mode, as here): every step's metrics of
+    train_log.jsonl reach the trackers as they are logged, with the run's hyper-parameters; a tracker
+    that is not installed is refused before training."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    model, data = tiny_world
+    hp = hp_for("sft")
+    log = run_train(model, data, tmp_path, hp, "--report-to", "tensorboard,wandb", "--project", "paper")
+    events = EventAccumulator(str(tmp_path / "tracking/paper"))
+    events.Reload()
+    for metric in ("loss", "lr", "grad_norm"):
+        logged = {e.step: e.value for e in events.Scalars(metric)}
+        assert logged == pytest.approx({r["step"]: r[metric] for r in log}, rel=1e-6)  # TensorBoard keeps float32
+    runs = list((tmp_path / "tracking/wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    records = list(wandb_records(runs[0]))
+    history = [{i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.HasField("history")]
+    assert {h["_step"]: h["loss"] for h in history} == {r["step"]: r["loss"] for r in log}
+    run = next(r.run for r in records if r.HasField("run"))
+    assert (run.display_name, run.project) == ("t/seed7", "paper")
+    config = {i.key or ".".join(i.nested_key): json.loads(i.value_json)
+              for r in records if r.HasField("config") for i in r.config.update}
+    assert config["lr"] == hp["lr"] and config["adam_betas"] == json.dumps(hp["adam_betas"])
+
+    monkeypatch.setattr("accelerate.tracking.is_mlflow_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"\['mlflow'\], but the package is not installed"):
+        run_train(model, data, tmp_path / "mlflow", hp, "--report-to", "mlflow")
+
+
+def wandb_records(path: Path):
+    """The records of W&B's offline run file (a LevelDB-style log of protobuf records: 32 KiB blocks,
+    each chunk a 7-byte header of checksum, length and type; wandb 0.31 ships no Python reader)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, pending = path.read_bytes(), 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record

@@ -209,6 +209,9 @@ def test_mini_run_produces_tables_evals_and_manifest(mini_run):
     assert len(spin_data) == 64 and all(len(r["negatives"]) == 1 for r in spin_data)
     ddp = json.loads((res / "train/dpo_ddp/seed42/run.json").read_text())
     assert (ddp["world_size"], ddp["distributed_type"], ddp["gradient_accumulation_steps"]) == (2, "MULTI_CPU", 1)
+    assert len(list((res / "train/dft/seed42/tracking/mini").glob("events.out.tfevents.*"))) == 1
+    assert len(list((res / "train/dft/seed42/tracking/wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    assert not any("/tracking/" in path for path in manifest["artifacts"])  # the trackers' logs are no artifacts
     kto = json.loads((res / "train/kto/seed42/run.json").read_text())
     assert kto["digests"]["refcache"] and len(list((res / "refcache").glob("mini--toy_unpaired--128-64-kl-*.safetensors"))) == 1
 
@@ -230,6 +233,9 @@ def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):
     config["runs"]["sft"]["beta"] = 0.5
     same = write_config(tmp_path / "same.yaml", config)
     assert "train" not in planned_jobs(snakemake(workdir, "-n", "--configfile", same))
+    # tracking is no param: turning it off (or on) reruns nothing
+    untracked = {**yaml.safe_load(Path(config_path).read_text()), "tracking": {"report_to": []}}
+    assert planned_jobs(snakemake(workdir, "-n", "--configfile", write_config(tmp_path / "off.yaml", untracked))) == {}
 
 
 @pytest.mark.parametrize("module, planned", [

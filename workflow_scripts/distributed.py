@@ -42,15 +42,16 @@ def start_processes() -> PartialState:
     return PartialState(cpu=True)  # accelerate's MULTI_CPU (gloo) when launched with several processes
 
 
-def make_accelerator(hp: dict, accum: int) -> Accelerator:
-    """The run's Accelerator; under DeepSpeed its config gets the run's micro-batch (the global batch
-    follows as micro x accumulation x processes) and clipping."""
+def make_accelerator(hp: dict, accum: int, trackers: list[str] = (), tracking_dir: str | None = None) -> Accelerator:
+    """The run's Accelerator (logging to `trackers` under `tracking_dir`); under DeepSpeed its config gets
+    the run's micro-batch (the global batch follows as micro x accumulation x processes) and clipping."""
     cpu = not torch.cuda.is_available() and not uses_deepspeed()
     # DeepSpeed's "auto" clipping takes the run's value; the engine then clips, not clip_grad_norm_
     os.environ["ACCELERATE_GRADIENT_CLIPPING"] = str(hp["max_grad_norm"])
     # the schedule counts optimizer steps of the global batch: accelerate must not step it once per process
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision(hp)[1], gradient_accumulation_steps=accum,
-                              step_scheduler_with_optimizer=False)
+                              step_scheduler_with_optimizer=False, log_with=list(trackers) or None,
+                              project_dir=tracking_dir)
     if accelerator.state.deepspeed_plugin is not None:
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = hp["micro_batch_size"]
     return accelerator

@@ -9,7 +9,7 @@ from pathlib import Path
 from .io import run_cli, sha256_file, write_json
 from .versions import package_versions
 
-SKIPPED_PARTS = {"checkpoints", "logs", "benchmarks"}
+SKIPPED_PARTS = {"checkpoints", "logs", "benchmarks", "tracking"}  # tracking: the trackers' own logs
 
 
 def git_state(root: str) -> dict:
@@ -20,8 +20,8 @@ def git_state(root: str) -> dict:
 
 
 def artifact_digests(results: str) -> dict[str, str]:
-    """sha256 of every file under the results folder, except checkpoints, logs, benchmarks, the manifest and the
-    digest records beside the artifacts (`*.sha256`, which the manifest's own digests cover)."""
+    """sha256 of every file under the results folder, except checkpoints, logs (the trackers' too), benchmarks, the
+    manifest and the digest records beside the artifacts (`*.sha256`, which the manifest's own digests cover)."""
     root = Path(results)
     return {str(path.relative_to(root)): sha256_file(path) for path in sorted(root.rglob("*"))
             if path.is_file() and is_artifact(path.relative_to(root))}

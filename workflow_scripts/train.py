@@ -24,7 +24,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from . import checkpoint
+from . import checkpoint, tracking
 from .bmc import edit_masks, stopword_ids
 from .data import read_pairs
 from .distributed import make_accelerator, precision, prepare_reference, start_processes
@@ -169,7 +169,9 @@ class Trainer:
         self.accum, self.steps_per_epoch = plan_batches(len(self.records), hp, self.world)
         if self.steps_per_epoch == 0:
             raise InputError(args.data, f"{len(self.records)} examples are fewer than one batch of {hp['batch_size']}")
-        self.accelerator = make_accelerator(hp, self.accum)
+        trackers = tracking.tracker_names(args.report_to)
+        self.accelerator = make_accelerator(hp, self.accum, trackers, f"{args.outdir}/tracking")
+        tracking.start(self.accelerator, trackers, args.project, f"{args.run}/seed{hp['seed']}", hp)
         set_seed(hp["seed"])
         self.total_steps = self.steps_per_epoch * hp["epochs"]
         self.tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
@@ -231,6 +233,7 @@ class Trainer:
         loss = self.accelerator.reduce(torch.tensor(totals["loss"], device=self.accelerator.device), "mean").item()
         self.log.append({"step": self.step, "epoch": epoch, **totals, "loss": loss,
                          "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
+        tracking.log_step(self.accelerator, self.log[-1])
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
@@ -295,6 +298,7 @@ class Trainer:
             _save(unwrapped, state_dict, self.tokenizer, self.log, self.args, hp, self.inputs, self._batching())
         accelerator.wait_for_everyone()
         checkpoint.remove_all(accelerator, self.args.outdir)
+        accelerator.end_training()
 
     def _batching(self) -> dict:
         """How the run was laid out over processes and steps (recorded in run.json)."""
@@ -353,6 +357,8 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--ref-revision", default=None)
     parser.add_argument("--outdir", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report-to", default="", help="comma-separated accelerate trackers (workflow_scripts/tracking.py)")
+    parser.add_argument("--project", default="post-training", help="the trackers' project")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="the config entries of the run's models allow their own code")
     args = parser.parse_args(argv)
