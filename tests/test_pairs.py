@@ -1,11 +1,22 @@
 """Step-controlled (SCDPO) and bridged (DPO-BMC) pairs."""
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+from rapidfuzz.distance import Levenshtein
 
 from workflow_scripts import bridge, step_controlled, synthetic
 from workflow_scripts.answers import check
 from workflow_scripts.io import InputError, read_jsonl
+from workflow_scripts.shards import shard_folder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SC_PARAMS = {"backend": "hf", "dtype": "float32", "batch_size": 64, "shard_size": 4, "max_model_len": None,
              "gpu_memory_utilization": 0.9, "system_prompt": None, "prompt_format": None, "top_p": 1.0,
@@ -127,13 +138,7 @@ def test_synthetic_repair_is_a_minimal_edit(losing, winning, repaired):
     out = bridge.synthetic_repair(losing, winning)
     assert out == repaired
     assert check(out, winning.rsplit("#### ", 1)[1])[1]
-    assert bridge.edit_distance(out, losing) <= bridge.edit_distance(winning, losing)
-
-
-def test_edit_distance():
-    assert bridge.edit_distance("kitten", "sitting") == 3
-    assert bridge.edit_distance("", "abc") == bridge.edit_distance("abc", "") == 3
-    assert bridge.edit_distance("same", "same") == 0
+    assert Levenshtein.distance(out, losing) <= Levenshtein.distance(winning, losing)
 
 
 def test_bridged_pairs_are_closer_to_the_losing_response(tmp_path):
@@ -155,6 +160,9 @@ def test_bridged_pairs_are_closer_to_the_losing_response(tmp_path):
     pairs, s = read_jsonl(out), json.loads(stats.read_text())
     assert s["pairs"] == len(pairs) == 40
     assert s["pseudo_winning_to_losing"] < s["winning_to_losing"]
+    assert s["pseudo_winning_to_losing"] == sum(Levenshtein.distance(p["chosen"], p["negatives"][0]) for p in pairs) / 40
+    assert s["winning_to_losing"] == sum(Levenshtein.distance(p["winning"], p["negatives"][0]) for p in pairs) / 40
+    assert all(bridge.DISTANCES not in p for p in pairs)  # computed in the shards, not part of the pairs
     for p in pairs:
         assert check(p["chosen"], p["answer"])[1] and p["negatives"][0] != p["chosen"]
 
@@ -176,6 +184,33 @@ def test_model_editor_rewrites_with_the_template(tiny_world, tmp_path):
     assert stats["records"] == 8 and stats["pairs"] + stats["dropped_empty_rewrites"] == 8
     messages = bridge.editor_messages(params["template"], read_jsonl(pairs_file)[0])
     assert messages[0]["content"].startswith("Question: ") and "\nFix: " in messages[0]["content"]
+
+
+def test_a_killed_bridge_resumes_from_its_shards_to_the_same_bytes(tiny_world, tmp_path):
+    """SIGKILL after some shards of the editor model's rewrites: no output; the rerun reads them back (their
+    edit distances too) and ends byte-identical to an uninterrupted run, stats included."""
+    model, pairs_file = tiny_world
+    params = {**SC_PARAMS, "editor": "tiny", "template": "Question: {prompt}\nGood: {winning}\nFix: {losing}",
+              "seed": 0, "temperature": 1.0, "max_new_tokens": 16, "limit": 24, "stop": [], "shard_size": 2}
+
+    def command(name):
+        return [sys.executable, "-m", "workflow_scripts.bridge", "--params", json.dumps(params), "--source", pairs_file,
+                "--editor", model, "--output", str(tmp_path / f"{name}.jsonl"), "--stats", str(tmp_path / f"{name}.stats.json")]
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run(command("whole"), env=env, cwd=ROOT, check=True, capture_output=True)
+    folder = shard_folder(tmp_path / "killed.jsonl")
+    proc = subprocess.Popen(command("killed"), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(folder.glob("shard*.jsonl"))) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(list(folder.glob("shard*.jsonl"))) < 12 and not (tmp_path / "killed.jsonl").exists()
+    resumed = subprocess.run(command("killed"), env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert int(re.search(r"(\d+) shards resumed", resumed.stdout).group(1)) >= 3
+    for suffix in (".jsonl", ".stats.json"):
+        assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes()
 
 
 def test_an_editor_that_rewrites_nothing_is_refused_before_writing(tiny_world, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ import json
 import re
 
 import torch
+from rapidfuzz.distance import Levenshtein
 
 from .backends import Request, Sampling, request_seed
 from .data import read_pairs
@@ -31,6 +32,7 @@ from .shards import run_in_shards
 SYNTHETIC_REPAIR = "synthetic_repair"
 STEP = re.compile(r"=|\d\s*[-+*/]\s*\d")  # a line that computes something (well-formed or not)
 ANSWER_LINE = re.compile(r"^\s*####")
+DISTANCES = "edit_distances"  # a shard record's field, dropped from the output
 
 
 def _same_step(a: str, b: str) -> bool:
@@ -61,19 +63,6 @@ def synthetic_repair(losing: str, winning: str) -> str:
     return "\n".join(out)
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance in characters."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        current = [i]
-        for j, cb in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
 def editor_messages(template: str, record: dict) -> list[dict]:
     """The editor's prompt: the template filled with the record's prompt, winning and losing responses."""
     text = template.format(prompt=record["prompt"][-1]["content"], winning=record["chosen"],
@@ -96,21 +85,24 @@ def model_editor(model: str, revision: str | None, p: dict, trust_remote_code: b
 
 
 def bridge(records: list[dict], rewrites: list[str]) -> list[dict]:
-    """Pairs (pseudo-winning, losing); a record whose rewrite is empty is dropped."""
+    """Pairs (pseudo-winning, losing), each with its edit distances (in the shards, not the output); a
+    record whose rewrite is empty is dropped."""
     pairs = []
     for r, pseudo in zip(records, rewrites):
         if pseudo.strip():
             pair = {"id": r["id"], "prompt": r["prompt"], "chosen": pseudo, "negatives": [r["negatives"][0]],
                     "winning": r["chosen"]}
-            pairs.append(pair | {key: r[key] for key in ("prefix", "answer") if key in r})
+            pairs.append(pair | {key: r[key] for key in ("prefix", "answer") if key in r} | {DISTANCES: {
+                "pseudo_winning_to_losing": Levenshtein.distance(pseudo, r["negatives"][0]),
+                "winning_to_losing": Levenshtein.distance(r["chosen"], r["negatives"][0])}})
     return pairs
 
 
-def distances(pairs: list[dict]) -> dict:
+def mean_distances(pairs: list[dict]) -> dict:
+    """The pairs' mean edit distances, in characters (RapidFuzz's Levenshtein: linear memory, bit-parallel)."""
     n = max(len(pairs), 1)
-    return {"pseudo_winning_to_losing": sum(edit_distance(p["chosen"], p["negatives"][0]) for p in pairs) / n,
-            "winning_to_losing": sum(edit_distance(p["winning"], p["negatives"][0]) for p in pairs) / n,
-            "unit": "characters (Levenshtein), mean over pairs"}
+    means = {key: sum(p[DISTANCES][key] for p in pairs) / n for key in ("pseudo_winning_to_losing", "winning_to_losing")}
+    return {**means, "unit": "characters (Levenshtein), mean over pairs"}
 
 
 def main(argv: list[str] | None) -> None:
@@ -144,12 +136,12 @@ def main(argv: list[str] | None) -> None:
         if not pairs:  # refused before anything is written (the finished shards stay for a rerun)
             raise InputError(args.source, f"the editor {p['editor']} rewrote each of the {len(records)} losing "
                              "responses to an empty text: no bridged pairs")
-        write_jsonl(args.output, pairs)
+        write_jsonl(args.output, [{k: v for k, v in p.items() if k != DISTANCES} for p in pairs])
 
     pairs, resumed = run_in_shards(args.output, records, lambda chunk: bridge(chunk, edit(chunk)), identity,
                                    p["shard_size"], f"bridge ({p['editor']})", finish)
     stats = {"editor": p["editor"], "records": len(records), "pairs": len(pairs),
-             "dropped_empty_rewrites": len(records) - len(pairs), **distances(pairs)}
+             "dropped_empty_rewrites": len(records) - len(pairs), **mean_distances(pairs)}
     write_json(args.stats, stats)
     print(f"{json.dumps(stats)}; {resumed} shards resumed")
 
