@@ -28,6 +28,7 @@ include: "rules/train.smk"
 include: "rules/eval.smk"
 include: "rules/tables.smk"
 include: "rules/report.smk"
+include: "rules/cards.smk"
 
 
 localrules:
@@ -46,5 +47,6 @@ rule all:
     input:
         table_outputs(),
         plot_outputs(),
+        card_outputs(),
         f"{R}/manifest.json",
     default_target: True

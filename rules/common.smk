@@ -208,6 +208,24 @@ def plot_outputs():
     return [f"{R}/plots/{s}.png" for run in config["runs"] for s in subjects(run)]
 
 
+def instance_evals(subject):
+    """The evals the tables ask of an evaluated instance."""
+    return [e for s, e in plan.evaluated(config) if s == subject]
+
+
+def card_outputs():
+    """The model card of every trained instance (rules/cards.smk)."""
+    return [f"{R}/train/{s}/model_card.md" for run in config["runs"] for s in subjects(run)]
+
+
+def push_repo(w):
+    """The hub repo a trained instance is pushed to (config `push.repo`, with {run} and {seed})."""
+    if not config["push"]["repo"]:
+        raise WorkflowError("config push.repo is not set: name the hub repo of a pushed model, e.g. "
+                            "'my-org/{run}-seed{seed}'")
+    return config["push"]["repo"].format(run=w.run, seed=w.seed)
+
+
 def table_outputs():
     return [f"{R}/tables/{t}.{ext}" for t in config["tables"] for ext in ("tex", "csv", "md")]
 

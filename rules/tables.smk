@@ -27,6 +27,7 @@ rule manifest:
         script=code("manifest"),
         tables=table_outputs(),
         plots=plot_outputs(),
+        cards=card_outputs(),
     output:
         f"{R}/manifest.json",
     params:

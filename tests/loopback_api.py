@@ -14,7 +14,9 @@ class LoopbackAPI:
         class Handler(http.server.BaseHTTPRequestHandler):
             def answer(self, method):
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
+                raw = self.rfile.read(length) if length else b""
+                ndjson = self.headers.get("Content-Type") == "application/x-ndjson"  # the hub's commit payload
+                body = [json.loads(line) for line in raw.splitlines()] if ndjson else json.loads(raw) if raw else None
                 api.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 data = reply(method, self.path.split("?")[0], body)
                 if data is None:

@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workflow_scripts.plan import group_of  # noqa: E402
+from workflow_scripts import plan as workflow_plan  # noqa: E402
 from workflow_scripts.config import METHODS, check_config  # noqa: E402
 from workflow_scripts.nltk_data import needs_punkt  # noqa: E402
 
@@ -201,6 +201,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
             if ref != "dataset":
                 answers.add((instances(ref)[0], e["answer_set"]))
     data |= {(answer_sets[a]["dataset"], answer_sets[a]["split"]) for _, a in answers}
+    groups = workflow_plan.group_of(config)  # the sets an instance needs with one engine: one job
     synthetic = {ev for _, ev in evaluated if evals[ev]["kind"] == "lm_eval" and evals[ev].get("synthetic")}
     data |= {(evals[ev]["synthetic"]["dataset"], evals[ev]["synthetic"]["split"]) for ev in synthetic}
     jobs = {"data": len(data), "generate": sum(len(generations[g]["seeds"]) for g in gens), "merge": len(gens),
@@ -208,7 +209,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
             "spin_merge": sum(len(runs[r]["seeds"]) for r in spin), "refcache": len(refcaches),
             "step_controlled_generate": sum(len(steps[s]["seeds"]) for s in used_steps),
             "step_controlled_pairs": len(used_steps), "bridge": len(used_bridges),
-            "train": sum(len(runs[r]["seeds"]) for r in needed), "answers": len({(inst, group_of(config)[a]) for inst, a in answers}), **eval_jobs,
+            "train": sum(len(runs[r]["seeds"]) for r in needed), "answers": len({(inst, groups[a]) for inst, a in answers}), **eval_jobs,
             "lm_eval_tasks": len(synthetic), "table": len(tables),
             "nltk_data": int(any(needs_punkt(task["task"]) for _, ev in evaluated if evals[ev]["kind"] == "lm_eval"
                                  for task in evals[ev]["tasks"]))}  # IFEval's punkt_tab, fetched once
@@ -264,4 +265,5 @@ def test_default_target_plans_tables_and_manifest(path, workdirs):
     jobs = job_stats(text)
     config = resolved(path)
     curves = sum(len(spec["seeds"]) for spec in config["runs"].values())  # rules/report.smk: a plot per run instance
-    assert jobs == {**expected_jobs(config), **({"curves": curves} if curves else {}), "manifest": 1, "all": 1}
+    assert jobs == {**expected_jobs(config), **({"curves": curves, "model_card": curves} if curves else {}),
+                    "manifest": 1, "all": 1}  # rules/cards.smk: a card per run instance

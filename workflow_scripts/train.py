@@ -337,7 +337,7 @@ def _save(model, state_dict, tokenizer, log, args, hp, inputs, batching) -> None
     write_jsonl(f"{args.outdir}/train_log.jsonl", log)
     write_json(f"{args.outdir}/run.json", {
         "run": args.run, "method": hp["method"], "hyperparameters": hp, "seed": hp["seed"], **batching,
-        "base_model": {"model": args.model, "revision": args.revision},
+        "base_model": {"model": args.model, "revision": args.revision}, "data": args.data,
         "reference": {"model": args.ref_model, "revision": args.ref_revision,
                       "source": "cache" if args.refcache else ("live" if args.ref_model else None)},
         "digests": {**inputs, "final_weights": final_weights},
