@@ -224,9 +224,9 @@ def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):
     changed = write_config(tmp_path / "changed.yaml", config)
     result = snakemake(workdir, "-n", "--configfile", changed)
     # sft's model, its plot, its lm-eval suite, its answers and the evals that read them (math, AlpacaEval,
-    # pairwise), the three tables that show sft, the manifest: nothing of the other runs
+    # pairwise), its model card, the three tables that show sft, the manifest: nothing of the other runs
     assert planned_jobs(result) == {"train": 1, "curves": 1, "evaluate": 1, "answers": 1, "math_eval": 1,
-                                    "head2head_cpu": 2, "table": 3, "manifest": 1, "all": 1}
+                                    "head2head_cpu": 2, "model_card": 1, "table": 3, "manifest": 1, "all": 1}
     assert "results/train/sft/seed42" in result.stdout
     # a default that sft does not read (beta) changes nothing for it
     config["runs"]["sft"]["lr"] = 0.001
@@ -243,8 +243,9 @@ def test_rerun_plans_after_a_complete_run(mini_run, tmp_path):
     # every training and what follows it (13 evaluated instances: SPIN's first iteration only feeds the
     # second; its own generation starts from the base model); not the data, generations or caches
     ("losses", {"train": 14, "curves": 14, "evaluate": 13, "answers": 13, "math_eval": 13, "head2head_cpu": 3,
-                "spin_generate": 1, "spin_merge": 1, "table": 3, "manifest": 1, "all": 1}),
-    ("judges", {"head2head_cpu": 4, "table": 2, "manifest": 1, "all": 1}),
+                "spin_generate": 1, "spin_merge": 1, "model_card": 14, "table": 3, "manifest": 1, "all": 1}),
+    # the judged evals, and the cards of the trained instances they score
+    ("judges", {"head2head_cpu": 4, "model_card": 2, "table": 2, "manifest": 1, "all": 1}),
     ("tables", {"table": 3, "manifest": 1, "all": 1}),
 ])
 def test_editing_a_module_reruns_exactly_the_stages_that_import_it(mini_run, module, planned):
