@@ -72,7 +72,7 @@ rule evaluate:
 
 rule answers:
     """One response per prompt (greedy unless configured) to each answer set of a group, from an evaluated
-    model loaded once for the group (workflow_scripts/answer_groups.py)."""
+    model loaded once for the group (workflow_scripts/plan.py)."""
     input:
         script=code("answer_group"),
         data=lambda w: [answer_set_split(a) for a in ANSWER_GROUPS[w.answer_group]],
