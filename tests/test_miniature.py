@@ -9,9 +9,10 @@ import math
 import pytest
 import yaml
 
-from test_experiments import EXPERIMENTS, ids, load
+from test_experiments import EXPERIMENTS, SCHEMA, ids, load
 from test_workflow import failure_report, planned_jobs, snakemake
-from workflow_scripts.config import FASTCHAT_METRICS, runs_model_here
+from workflow_scripts import plan
+from workflow_scripts.config import FASTCHAT_METRICS, check_config, runs_model_here
 from workflow_scripts.miniature import (
     EXAMPLES, LOCAL_JUDGE, MINIATURE_VALUES, NoStandIn, main, miniaturize, offline_evals, offline_gaps,
 )
@@ -25,6 +26,13 @@ def served_fastchat(config) -> set[str]:
             if (e.get("judge") or {}).get("kind") == "fastchat" and e["judge"]["via"] == "api"}
 
 
+def eval_rule(e: dict) -> str:
+    """The rule of an eval's jobs."""
+    if e["kind"] in ("lm_eval", "math"):
+        return {"lm_eval": "evaluate", "math": "math_eval"}[e["kind"]]
+    return "head2head" if runs_model_here(e["judge"]) else "head2head_cpu"
+
+
 def rule_changes(config, paper_rules: set[str]) -> tuple[set[str], set[str]]:
     """(rules the miniature runs that the paper's plan has not, rules of the plan it leaves out)."""
     offline, served = offline_evals(config), served_fastchat(config)
@@ -35,6 +43,15 @@ def rule_changes(config, paper_rules: set[str]) -> tuple[set[str], set[str]]:
         dropped |= {"manifest", "all"}  # fed by every evaluation
     if all(t["eval"] in offline for t in config["tables"].values()):
         dropped.add("table")
+    mini = check_config(miniaturize(config), str(SCHEMA))
+    evaluated = plan.evaluated(mini)
+
+    def card_runs(instance):  # a model card waits for every eval of its instance: none left out
+        return not {eval_rule(mini["evals"][e]) for s, e in evaluated if s == instance} & set(offline.values())
+
+    instances = [i for run in mini["runs"] for i in plan.subjects(mini, run)]
+    if instances and not any(map(card_runs, instances)):
+        dropped.add("model_card")
     return added, dropped
 
 
