@@ -15,14 +15,12 @@ rule model_card:
         evals=lambda w: [f"{R}/eval/{w.run}/seed{w.seed}/{e}.json" for e in instance_evals(f"{w.run}/seed{w.seed}")],
     output:
         f"{R}/train/{{run}}/seed{{seed}}/model_card.md",
-    params:
-        evals=lambda w: " ".join(f"{e}={R}/eval/{w.run}/seed{w.seed}/{e}.json" for e in instance_evals(f"{w.run}/seed{w.seed}")),
     log:
         f"{R}/logs/model_card/{{run}}/seed{{seed}}.log",
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m workflow_scripts.model_card --run-json {input.run} --evals {params.evals} --output {output} > {log} 2>&1"
+        "python -m workflow_scripts.model_card --run-json {input.run} --evals {input.evals} --output {output} > {log} 2>&1"
 
 
 rule push:

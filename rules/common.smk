@@ -26,7 +26,7 @@ except ConfigError as e:
 
 R = "results"
 ANSWER_GROUPS = plan.answer_groups(config)  # group name -> the answer sets one job generates together
-GROUP_OF = {a: group for group, sets in ANSWER_GROUPS.items() for a in sets}
+GROUP_OF = plan.group_of(config)  # answer set -> its group
 # Credentials (hub downloads of gated models, API judges, wandb) come only from the environment: the
 # ones that are set are declared with `envvars` (passed to cluster jobs), never put in params or files.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY")

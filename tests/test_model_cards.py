@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from huggingface_hub import ModelCard
 
@@ -87,3 +88,17 @@ def test_every_trained_instance_has_its_card_with_its_scores(mini_run):
     assert f"| toy_math | toy_greedy | accuracy | {scores['accuracy']:.4f} ± {scores['stderr']['accuracy']:.4f} |" in card.text
     assert "Discriminative Fine-Tuning" in card.text and card.data.base_model is None  # a local base model
     assert "No evaluation" in ModelCard.load(res / "train/spin_iter1/seed42/model_card.md").text  # feeds SPIN only
+
+
+def test_an_eval_json_without_scores_is_refused_by_name_and_no_card_is_written(mini_run, tmp_path):
+    from workflow_scripts import model_card
+    from workflow_scripts.io import InputError
+
+    workdir, _ = mini_run
+    bad = tmp_path / "toy_math.json"
+    bad.write_text(json.dumps({"protocol": {}}))
+    out = tmp_path / "card.md"
+    with pytest.raises(InputError, match=r"toy_math.json, field 'scores': an eval JSON needs a 'scores' object"):
+        model_card.main(["--run-json", str(workdir / "results/train/dft/seed42/run.json"), "--evals", str(bad),
+                         "--output", str(out)])
+    assert not out.exists()

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .io import atomic_path, read_json, run_cli
+from .io import InputError, atomic_path, read_json, run_cli
 
 METHOD_NAMES = {
     "sft": "supervised fine-tuning (SFT)", "dynft": "Dynamic Fine-Tuning (DFT, Wu et al. 2025)",
@@ -39,7 +40,7 @@ def training_section(run: dict) -> str:
     base, ref = run["base_model"], run["reference"]
     lines = [f"# {run['run']} (seed {run['seed']})", "",
              f"Trained from `{base['model']}`" + (f" at revision `{base['revision']}`" if base["revision"] else "")
-             + f" with {METHOD_NAMES.get(run['method'], run['method'])} on `{run.get('data', 'its data')}` "
+             + f" with {METHOD_NAMES.get(run['method'], run['method'])} on `{run['data']}` "
              f"(sha256 `{run['digests']['data'][:16]}...`), seed {run['seed']}.", ""]
     if ref["source"]:
         lines += [f"Reference model: `{ref['model']}` ({'log-probs cached before training' if ref['source'] == 'cache' else 'live'}).", ""]
@@ -68,6 +69,14 @@ def evaluation_section(evaluations: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def read_eval(path: str) -> dict:
+    """An eval JSON, refused by name when it holds no scores."""
+    result = read_json(path)
+    if not isinstance(result, dict) or not isinstance(result.get("scores"), dict):
+        raise InputError(path, "an eval JSON needs a 'scores' object (task -> metric -> value)", field="scores")
+    return result
+
+
 def render(run: dict, evaluations: dict[str, dict]) -> str:
     """The card of a run (its run.json) with its evaluations (eval name -> eval JSON)."""
     versions = ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items()) if v)
@@ -79,11 +88,10 @@ def render(run: dict, evaluations: dict[str, dict]) -> str:
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-json", required=True)
-    parser.add_argument("--evals", nargs="*", default=[], help="NAME=PATH of each eval JSON of the instance")
+    parser.add_argument("--evals", nargs="*", default=[], help="the instance's eval JSONs (`<eval>.json`)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    evaluations = {name: read_json(path) for name, path in (e.split("=", 1) for e in args.evals)}
-    card = render(read_json(args.run_json), evaluations)
+    card = render(read_json(args.run_json), {Path(path).stem: read_eval(path) for path in args.evals})
     with atomic_path(args.output) as tmp:
         tmp.write_text(card)
 
