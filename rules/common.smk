@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -79,9 +80,14 @@ def gguf_input(w):
     return [] if spec["package"] else [spec["file"]]
 
 
-def trust_arg(*names):
-    """`--trust-remote-code` when the config entry of one of these models turns it on; never by default."""
-    return "--trust-remote-code" if any(config["models"][n]["trust_remote_code"] for n in names if n) else ""
+def model_flags(name, *also_loaded):
+    """The flags a job loading the configured model `name` (and `also_loaded`, a run's reference) passes its stage:
+    `--trust-remote-code` when one of their config entries turns it on, never by default; `--chat-template`
+    with the template `name`'s entry sets (resolved to Jinja text), the one its prompts are rendered with."""
+    trust = any(config["models"][n]["trust_remote_code"] for n in (name, *also_loaded) if n)
+    template = config["models"][name].get("chat_template")
+    return " ".join(filter(None, ["--trust-remote-code" if trust else "",
+                                  template and f"--chat-template {shlex.quote(template)}"]))
 
 
 def revision_arg(revision):
@@ -379,4 +385,4 @@ def judge_args(w):
         return ""
     location, revision, _ = model_location(judge["model"])
     return " ".join(filter(None, [f"--judge-model {location}", revision and f"--judge-revision {revision}",
-                                  trust_arg(judge["model"])]))
+                                  model_flags(judge["model"])]))

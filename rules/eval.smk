@@ -54,7 +54,7 @@ rule evaluate:
         spec=lambda w: js({k: v for k, v in config["evals"][w.eval].items() if k not in ("synthetic", "threads")}),
         model=lambda w: subject_model(w.subject)[0],
         revision=lambda w: revision_arg(subject_model(w.subject)[1]),
-        trust=lambda w: trust_arg(subject_model_name(w.subject)),
+        flags=lambda w: model_flags(subject_model_name(w.subject)),
         tasks=lambda w, input: f"--tasks-dir {input.tasks}" if "tasks" in input.keys() else "",
         nltk=lambda w, input: f"--nltk-data {config['nltk_data']}" if "nltk" in input.keys() else "",
         python=lambda w: generate_python(config["evals"][w.eval]),
@@ -66,7 +66,7 @@ rule evaluate:
     conda:
         lambda w: engine_env(config["evals"][w.eval], "../envs/eval.yaml")
     shell:
-        "{params.python} -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.trust} {params.tasks} {params.nltk} "
+        "{params.python} -m workflow_scripts.evaluate --params {params.spec:q} --model {params.model} {params.revision} {params.flags} {params.tasks} {params.nltk} "
         "--output {output.scores} --threads {threads} > {log} 2>&1"
 
 
@@ -84,7 +84,7 @@ rule answers:
         sets=lambda w: js(answer_group_sets(w.answer_group)),
         model=lambda w: subject_model(w.subject)[0],
         revision=lambda w: revision_arg(subject_model(w.subject)[1]),
-        trust=lambda w: trust_arg(subject_model_name(w.subject)),
+        flags=lambda w: model_flags(subject_model_name(w.subject)),
     threads: lambda w: config["answer_sets"][ANSWER_GROUPS[w.answer_group][0]]["threads"]
     log:
         f"{R}/logs/answers/{{subject}}/{{answer_group}}.log",
@@ -94,7 +94,7 @@ rule answers:
         "../envs/generate.yaml"
     shell:
         "{params.python} -m workflow_scripts.answer_group --sets {params.sets:q} --model {params.model} "
-        "{params.revision} {params.trust} --output {output} --threads {threads} > {log} 2>&1"
+        "{params.revision} {params.flags} --output {output} --threads {threads} > {log} 2>&1"
 
 
 rule math_eval:

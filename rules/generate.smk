@@ -13,7 +13,7 @@ rule generate:
         spec=generation_params,
         model=lambda w: model_location(config["generations"][w.generation]["model"])[0],
         revision=lambda w: revision_arg(model_location(config["generations"][w.generation]["model"])[1]),
-        trust=lambda w: trust_arg(config["generations"][w.generation]["model"]),
+        flags=lambda w: model_flags(config["generations"][w.generation]["model"]),
     threads: lambda w: config["generations"][w.generation]["threads"]
     log:
         f"{R}/logs/generate/{{generation}}/seed{{seed}}.log",
@@ -23,7 +23,7 @@ rule generate:
         "../envs/generate.yaml"
     shell:
         "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
-        "{params.trust} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
+        "{params.flags} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 
 rule merge:

@@ -15,7 +15,7 @@ rule step_controlled_generate:
         spec=lambda w: engine_params(config["step_controlled"][w.pairs], ("seeds", "model", "dataset")),
         model=lambda w: model_location(config["step_controlled"][w.pairs]["model"])[0],
         revision=lambda w: revision_arg(model_location(config["step_controlled"][w.pairs]["model"])[1]),
-        trust=lambda w: trust_arg(config["step_controlled"][w.pairs]["model"]),
+        flags=lambda w: model_flags(config["step_controlled"][w.pairs]["model"]),
     threads: lambda w: config["step_controlled"][w.pairs]["threads"]
     log:
         f"{R}/logs/step_controlled/{{pairs}}/seed{{seed}}.log",
@@ -25,7 +25,7 @@ rule step_controlled_generate:
         "../envs/generate.yaml"
     shell:
         "{params.python} -m workflow_scripts.step_controlled generate --params {params.spec:q} --data {input.data} "
-        "--model {params.model} {params.revision} {params.trust} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
+        "--model {params.model} {params.revision} {params.flags} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 
 rule step_controlled_pairs:
@@ -58,7 +58,7 @@ rule bridge:
         python=lambda w: generate_python(config["bridges"][w.pairs]),
         spec=lambda w: engine_params(config["bridges"][w.pairs], ("source",)),
         editor=lambda w: (f"--editor {bridge_editor(w)[0]} {revision_arg(bridge_editor(w)[1])} "
-                          f"{trust_arg(config['bridges'][w.pairs]['editor'])}" if bridge_editor(w)[0] else ""),
+                          f"{model_flags(config['bridges'][w.pairs]['editor'])}" if bridge_editor(w)[0] else ""),
     threads: lambda w: config["bridges"][w.pairs]["threads"]
     log:
         f"{R}/logs/bridge/{{pairs}}.log",

@@ -13,7 +13,7 @@ rule refcache:
         spec=lambda w: refcache_params(w.cache),
         model=lambda w: run_ref(REFCACHES[w.cache][0], None)[0],
         revision=lambda w: revision_arg(run_ref(REFCACHES[w.cache][0], None)[1]),
-        trust=lambda w: trust_arg(config["runs"][REFCACHES[w.cache][0]]["ref"] or config["runs"][REFCACHES[w.cache][0]]["model"]),
+        flags=lambda w: model_flags(config["runs"][REFCACHES[w.cache][0]]["model"], config["runs"][REFCACHES[w.cache][0]]["ref"]),
     wildcard_constraints:
         cache="|".join(REFCACHES) or "(?!)",
     threads: config["refcache"]["threads"]
@@ -24,5 +24,5 @@ rule refcache:
     conda:
         "../envs/train.yaml"
     shell:
-        "python -m workflow_scripts.refcache --params {params.spec:q} --model {params.model} {params.revision} {params.trust} --data {input.data} "
+        "python -m workflow_scripts.refcache --params {params.spec:q} --model {params.model} {params.revision} {params.flags} --data {input.data} "
         "--output {output.tensors} --threads {threads} > {log} 2>&1"

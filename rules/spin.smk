@@ -15,7 +15,7 @@ rule spin_generate:
         spec=spin_generation_params,
         model=lambda w: run_model(w.run, w.seed)[0],
         revision=lambda w: revision_arg(run_model(w.run, w.seed)[1]),
-        trust=lambda w: trust_arg(config["runs"][w.run]["model"]),
+        flags=lambda w: model_flags(config["runs"][w.run]["model"]),
     threads: lambda w: config["runs"][w.run]["generation"]["threads"]
     log:
         f"{R}/logs/spin/{{run}}/generate{{seed}}.log",
@@ -25,7 +25,7 @@ rule spin_generate:
         "../envs/generate.yaml"
     shell:
         "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
-        "{params.trust} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
+        "{params.flags} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 
 rule spin_merge:

@@ -13,7 +13,7 @@ rule train:
         hp=lambda w: js(run_hyperparameters(config["runs"][w.run], int(w.seed))),
         model=lambda w: run_model(w.run, w.seed)[0],
         revision=lambda w: revision_arg(run_model(w.run, w.seed)[1]),
-        trust=lambda w: trust_arg(config["runs"][w.run]["model"], config["runs"][w.run]["ref"]),
+        flags=lambda w: model_flags(config["runs"][w.run]["model"], config["runs"][w.run]["ref"]),
         reference=reference_args,
         outdir=lambda w: f"{R}/train/{w.run}/seed{w.seed}",
         launch=train_launch_args,
@@ -31,5 +31,5 @@ rule train:
         "../envs/train.yaml"
     shell:
         "python -m workflow_scripts.launch {params.launch} workflow_scripts.train --params {params.hp:q} --run {wildcards.run} --model {params.model} {params.revision} "
-        "{params.trust} --data {input.data} {params.reference} --outdir {params.outdir} "
+        "{params.flags} --data {input.data} {params.reference} --outdir {params.outdir} "
         "--report-to {resources.report_to} --project {resources.tracking_project} --threads {threads} > {log} 2>&1"

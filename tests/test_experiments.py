@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers.utils.chat_template_utils import render_jinja_template
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,7 +72,12 @@ def test_recipes_keep_the_upstream_numbers():
     gen = general["generations"]["uf_neg"]
     assert gen["seeds"] == list(range(16)) and gen["max_new_tokens"] == 320
     assert (gen["temperature"], gen["top_p"], gen["top_k"]) == (0.7, 1.0, 50)
-    assert "You are an unhelpful assistant." in gen["prompt_format"]
+    template = resolved(ROOT / "experiments/dft_general.yaml")["models"]["mistral7b"]["chat_template"]
+    for g in (gen, general["runs"]["spin"]["generation"]):  # gen_uf.sh's prompt, through the recipe's template
+        (prompt,), _ = render_jinja_template([[{"role": "system", "content": g["system_prompt"]}, {
+            "role": "user", "content": "Hi"}]], chat_template=template, add_generation_prompt=True, eos_token="</s>")
+        assert g["prompt_format"] is None and prompt == ("<|system|>\nYou are an unhelpful assistant.</s>\n<|user|>\n"
+                                                         "Hi</s>\n<|assistant|>\n")
     runs = general["runs"]
     assert all((r["prompt_format"], r["response_format"]) == ("<|user|>\n{prompt}</s>\n",
                                                                "<|assistant|>\n{response}</s>\n") for r in runs.values())

@@ -508,3 +508,30 @@ def wandb_records(path: Path):
             record.ParseFromString(pending)
             pending = b""
             yield record
+
+
+def test_a_base_model_without_a_template_trains_through_the_configured_one_and_keeps_it(tiny_world, tmp_path):
+    """The configured template renders the training prompts (the losses of its rendering written as a raw
+    prompt_format) and is saved with the model, whose own tokenizer then renders the same prompts."""
+    from test_chat_templates import without_template
+    from transformers import AutoTokenizer
+
+    from workflow_scripts.chat_templates import ZEPHYR
+    from workflow_scripts.encoding import render_prompt
+    from workflow_scripts.models import load_tokenizer
+
+    model, data = tiny_world
+    base = without_template(model, tmp_path / "base")
+    hp = hp_for("sft", epochs=1)
+    with pytest.raises(InputError, match="ships no chat template"):
+        run_train(base, data, tmp_path / "none", hp)
+    templated = run_train(base, data, tmp_path / "templated", hp, "--chat-template", ZEPHYR)
+    eos = load_tokenizer(base).eos_token
+    raw = run_train(base, data, tmp_path / "raw", {**hp, "prompt_format": "<|user|>\n{prompt}" + eos + "\n<|assistant|>\n"})
+    assert [r["loss"] for r in templated] == [r["loss"] for r in raw]
+    saved = AutoTokenizer.from_pretrained(tmp_path / "templated/model")
+    assert saved.chat_template == ZEPHYR
+    prompts = [json.loads(line)["prompt"] for line in Path(data).read_text().splitlines()[:5]]
+    configured = load_tokenizer(base, chat_template=ZEPHYR)
+    assert all(saved.apply_chat_template(p, tokenize=False, add_generation_prompt=True) == render_prompt(configured, p)
+               for p in prompts)

@@ -22,11 +22,12 @@ import re
 import torch
 from rapidfuzz.distance import Levenshtein
 
+from . import chat_templates
 from .backends import Request, Sampling, request_seed
 from .data import read_pairs
 from .generate import LazyBackend, fingerprint, prompt_ids
 from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
-from .models import load_tokenizer
+from .models import load_tokenizer, model_identity
 from .shards import run_in_shards
 
 SYNTHETIC_REPAIR = "synthetic_repair"
@@ -70,9 +71,10 @@ def editor_messages(template: str, record: dict) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def model_editor(model: str, revision: str | None, p: dict, trust_remote_code: bool = False):
+def model_editor(model: str, revision: str | None, p: dict, trust_remote_code: bool = False,
+                 chat_template: str | None = None):
     """A function that asks the editor model for each record's pseudo-winning response."""
-    tokenizer = load_tokenizer(model, revision, trust_remote_code)
+    tokenizer = load_tokenizer(model, revision, trust_remote_code, chat_template)
     backend = LazyBackend(p["backend"], model, revision, p, trust_remote_code)
     settings = Sampling(p["temperature"], p["top_p"], p["top_k"], p["max_new_tokens"], tuple(p["stop"]))
 
@@ -115,6 +117,7 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--stats", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trust-remote-code", action="store_true", help="the editor's config entry allows its own code")
+    chat_templates.add_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
@@ -129,8 +132,9 @@ def main(argv: list[str] | None) -> None:
             return [synthetic_repair(r["negatives"][0], r["chosen"]) for r in chunk]
         identity = {"stage": "bridge", "params": p, "source": sha256_file(args.source)}
     else:
-        edit = model_editor(args.editor, args.revision, p, args.trust_remote_code)
-        identity = fingerprint("bridge", p, p["seed"], args.source, args.editor, args.revision)
+        edit = model_editor(args.editor, args.revision, p, args.trust_remote_code, args.chat_template)
+        identity = fingerprint("bridge", p, p["seed"], args.source,
+                               model_identity(args.editor, args.revision, args.chat_template))
 
     def finish(pairs):
         if not pairs:  # refused before anything is written (the finished shards stay for a rerun)

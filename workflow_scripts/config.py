@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import jsonschema
 import yaml
 
+from . import chat_templates
+
 NAME = re.compile(r"^[A-Za-z0-9_]+$")
 COMMON_KEYS = ["method", "lr", "epochs", "batch_size", "micro_batch_size", "warmup_ratio", "weight_decay",
                "max_grad_norm", "adam_betas", "adam_eps", "schedule", "dtype", "max_length", "max_prompt_length",
@@ -447,9 +449,20 @@ def expand_spin(config: dict) -> None:
                 "run": name, "iteration": k, "previous": names[k - 2] if k > 1 else None})
 
 
+def resolve_chat_templates(config: dict) -> None:
+    """Each model's `chat_template` (a name or a Jinja string) becomes its Jinja text, checked to parse."""
+    for name, m in config["models"].items():
+        if m.get("chat_template") is not None:
+            try:
+                m["chat_template"] = chat_templates.resolve(m["chat_template"], f"models.{name}.chat_template")
+            except ValueError as e:
+                raise ConfigError(f"config error at {e}") from None
+
+
 def check_config(config: dict, schema_path: str) -> dict:
     check_plain_values(config)
     validate_schema(config, schema_path)
+    resolve_chat_templates(config)
     check_references(config)
     check_splits(config)
     check_attention(config)

@@ -14,6 +14,9 @@ def render_prompt(tokenizer, messages: list[dict], system_prompt: str | None = N
     `prefix` (the start of the response that is given, e.g. SCDPO's correct steps)."""
     if prompt_format is not None:
         return prompt_format.format(prompt=messages[-1]["content"]) + prefix
+    if tokenizer.chat_template is None:
+        raise InputError(tokenizer.name_or_path, "the model ships no chat template: give its config entry a "
+                         "chat_template, or the stage a raw prompt_format")
     if system_prompt:
         messages = [{"role": "system", "content": system_prompt}] + list(messages)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from . import chat_templates
 from .config import metric_list
 from .io import InputError, run_cli, sha256_file, sha256_tree, write_eval
 from .models import default_device, model_identity, vllm_engine_args
@@ -34,7 +35,8 @@ def _scrub(obj):
 class Harness:
     """lm-eval's model (HF or vLLM), built on first use, and one `simple_evaluate` per task."""
 
-    def __init__(self, model: str, revision: str | None, p: dict, include_path: str | None, trust_remote_code: bool):
+    def __init__(self, model: str, revision: str | None, p: dict, include_path: str | None, trust_remote_code: bool,
+                 chat_template: str | None = None):
         self.args = {"pretrained": model, "dtype": p["dtype"], "trust_remote_code": trust_remote_code,
                      "batch_size": p["batch_size"], **({"revision": revision} if revision else {})}
         if p["backend"] == "hf":
@@ -44,7 +46,7 @@ class Harness:
         else:  # vLLM: a seeded engine, placed as models.vllm_engine_args says
             self.args.update(seed=p["seed"], max_model_len=p["max_model_len"],
                              **vllm_engine_args(p["gpu_memory_utilization"]))
-        self.p, self.include_path, self.lm, self.manager = p, include_path, None, None
+        self.p, self.include_path, self.chat_template, self.lm, self.manager = p, include_path, chat_template, None, None
 
     def model(self):
         """lm-eval's model object, loaded on first use."""
@@ -52,6 +54,10 @@ class Harness:
 
         if self.lm is None:
             self.lm = get_model(self.p["backend"])(**self.args)
+            if self.chat_template is not None:  # what both model types render chats with
+                self.lm.tokenizer.chat_template = self.chat_template
+                if self.p["backend"] == "vllm":
+                    self.lm.hf_chat_template = self.chat_template
         return self.lm
 
     def evaluate(self, task: dict) -> dict:
@@ -150,14 +156,15 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--nltk-data", default=None, help="the NLTK_DATA folder with punkt_tab (IFEval)")
     parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
+    chat_templates.add_argument(parser)
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
     punkt = require(args.nltk_data) if any(needs_punkt(t["task"]) for t in p["tasks"]) else None
-    harness = Harness(args.model, args.revision, p, args.tasks_dir, args.trust_remote_code)
-    fingerprint = {"stage": "evaluate", "params": p, "model": model_identity(args.model, args.revision),
+    harness = Harness(args.model, args.revision, p, args.tasks_dir, args.trust_remote_code, args.chat_template)
+    fingerprint = {"stage": "evaluate", "params": p, "model": model_identity(args.model, args.revision, args.chat_template),
                    "tasks_dir": sha256_tree(args.tasks_dir) if args.tasks_dir else None,
                    "task_data": task_data_digests(p["tasks"]), "nltk_punkt_tab": punkt}  # the protocol records them too
 

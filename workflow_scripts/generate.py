@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from . import chat_templates
 from .backends import Request, Sampling, load_backend, request_seed
 from .data import validate_record
 from .encoding import encode_prompt, render_prompt
@@ -82,10 +83,9 @@ class LazyBackend:
         return getattr(self.backend, "prompts_cut", 0)
 
 
-def fingerprint(stage: str, p: dict, seed: int, data: str, model: str, revision: str | None) -> dict:
-    """Everything a stage's shards depend on."""
-    return {"stage": stage, "params": p, "seed": seed, "data": sha256_file(data),
-            "model": model_identity(model, revision)}
+def fingerprint(stage: str, p: dict, seed: int, data: str, model: dict) -> dict:
+    """Everything a stage's shards depend on (`model`: the model's identity, its chat template included)."""
+    return {"stage": stage, "params": p, "seed": seed, "data": sha256_file(data), "model": model}
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,12 +98,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
+    chat_templates.add_argument(parser)
 
 
-def generate_file(p: dict, data: str, seed: int, output: str | Path, model: str, revision: str | None,
-                  tokenizer, backend) -> str:
+def generate_file(p: dict, data: str, seed: int, output: str | Path, model: dict, tokenizer, backend) -> str:
     """Write one seed's responses to the records of `data` (the stage's params `p`) to `output`, in
-    resumable shards; returns a summary line for the log."""
+    resumable shards (`model`: the identity they are fingerprinted with); returns a summary line for the log."""
     records = read_jsonl(data, validate_record)[: p.get("limit")]
     if p.get("prompt_format") and any("followups" in r for r in records):
         raise InputError(data, "multi-turn questions need the chat template; prompt_format renders one turn",
@@ -119,7 +119,7 @@ def generate_file(p: dict, data: str, seed: int, output: str | Path, model: str,
                 for (r, s), (texts, reasons) in zip(chunk, answers)]
 
     results, resumed = run_in_shards(output, [(r, s) for r in records for s in seeds], work,
-                                     fingerprint("generate", p, seed, data, model, revision),
+                                     fingerprint("generate", p, seed, data, model),
                                      p["shard_size"], f"generate seed {seed}")
     stopped = sum(r["finish_reason"] == "stop" for r in results)
     return (f"{Path(output).name}: seeds {seeds[0]}..{seeds[-1]}: {len(results)} samples ({p['backend']}), "
@@ -133,9 +133,10 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
-    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code, args.chat_template)
     backend = LazyBackend(p["backend"], args.model, args.revision, p, args.trust_remote_code)
-    print(generate_file(p, args.data, args.seed, args.output, args.model, args.revision, tokenizer, backend))
+    identity = model_identity(args.model, args.revision, args.chat_template)
+    print(generate_file(p, args.data, args.seed, args.output, identity, tokenizer, backend))
 
 
 if __name__ == "__main__":

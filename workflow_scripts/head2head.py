@@ -18,9 +18,10 @@ import math
 import statistics
 from pathlib import Path
 
+from . import chat_templates
 from .data import validate_record
 from .io import InputError, read_jsonl, run_cli, sha256_file, write_eval
-from .judges import DRAW, load_judge
+from .judges import DRAW, JudgeModel, load_judge
 from .math_eval import answer_rows
 from .mt_bench import PROMPTS_FILE, tally
 from .shards import run_in_shards
@@ -131,6 +132,7 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--judge-model", default=None)
     parser.add_argument("--judge-revision", default=None)
     parser.add_argument("--trust-remote-code", action="store_true", help="the judge model's config entry allows it")
+    chat_templates.add_argument(parser)
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     p = json.loads(args.params)
@@ -138,13 +140,15 @@ def main(argv: list[str] | None) -> None:
         raise InputError(p["difficulty_file"], "not found: a local copy of alpaca_eval's df_gamed.csv (the eval's "
                          "difficulty_file) is needed for the length-controlled win rate", field="difficulty_file")
     items = head2head_items(args.data, args.answers, args.reference_answers)
-    judge = load_judge(p["judge"], p["seed"], (args.judge_model, args.judge_revision), args.trust_remote_code)
+    judge_model = JudgeModel(args.judge_model, args.judge_revision, args.trust_remote_code, args.chat_template) \
+        if args.judge_model else None
+    judge = load_judge(p["judge"], p["seed"], judge_model)
     from .models import model_identity  # torch: only when a judge model is hashed
 
     fingerprint = {"stage": "head2head", "params": p, "answers": sha256_file(args.answers), "data": sha256_file(args.data),
                    "reference": sha256_file(args.reference_answers) if args.reference_answers else None,
                    "difficulty": sha256_file(p["difficulty_file"]) if p["difficulty_file"] else None,
-                   "judge": model_identity(args.judge_model, args.judge_revision) if args.judge_model else None}
+                   "judge": model_identity(args.judge_model, args.judge_revision, args.chat_template) if args.judge_model else None}
 
     if p["judge"]["kind"] == "fastchat":
         fingerprint["judge_prompts"] = sha256_file(PROMPTS_FILE)

@@ -21,12 +21,21 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
 from .answers import check
 
 DRAW = 1.5
+
+
+class JudgeModel(NamedTuple):
+    """A configured model a judge runs here, as its config entry loads it."""
+    path: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    chat_template: str | None = None
 
 
 def annotator_config(name: str) -> tuple[dict, Path]:
@@ -59,7 +68,7 @@ class AnswerCheckJudge:
 class LocalJudge:
     """A configured model answers an annotator template (whose answer is one of two identifiers), greedily."""
 
-    def __init__(self, spec: dict, model: str, revision: str | None, trust_remote_code: bool):
+    def __init__(self, spec: dict, model: JudgeModel):
         entry, root = annotator_config(spec["annotator"])
         tokens = (entry.get("completion_parser_kwargs") or {}).get("denominator_tokens")
         if not tokens or len(tokens) != 2:
@@ -69,7 +78,7 @@ class LocalJudge:
         self.template = (root / entry["prompt_template"]).read_text()
         self.description = (f"local judge {spec['model']} ({spec['backend']}, greedy, both orders) with alpaca_eval "
                             f"template {spec['annotator']}")
-        self.chat = LocalChat({**spec, "max_new_tokens": 4}, model, revision, trust_remote_code)
+        self.chat = LocalChat({**spec, "max_new_tokens": 4}, model)
 
     def _messages(self, instruction: str, first: str, second: str) -> list[dict]:
         from alpaca_eval.utils import prompt_to_chatml
@@ -131,14 +140,14 @@ class AnnotatorJudge:
 class LocalChat:
     """Greedy replies of a configured model to chat conversations (message lists), through its chat template."""
 
-    def __init__(self, spec: dict, model: str, revision: str | None, trust_remote_code: bool):
+    def __init__(self, spec: dict, model: JudgeModel):
         from .generate import LazyBackend
         from .models import load_tokenizer
 
-        self.tokenizer = load_tokenizer(model, revision, trust_remote_code)
+        self.tokenizer = load_tokenizer(model.path, model.revision, model.trust_remote_code, model.chat_template)
         self.max_new_tokens = spec["max_new_tokens"]
-        self.backend = LazyBackend(spec["backend"], model, revision, {**spec, "temperature": 0.0, "stop": []},
-                                   trust_remote_code)
+        self.backend = LazyBackend(spec["backend"], model.path, model.revision,
+                                   {**spec, "temperature": 0.0, "stop": []}, model.trust_remote_code)
 
     def __call__(self, conversations: list[list[dict]]) -> list[str]:
         from .backends import Request, Sampling
@@ -179,9 +188,9 @@ class ApiChat:
 class FastChatJudge:
     """FastChat's MT-Bench pairwise judgements (both orders, every turn) of the model against the reference."""
 
-    def __init__(self, spec: dict, model: str | None, revision: str | None, trust_remote_code: bool):
+    def __init__(self, spec: dict, model: JudgeModel | None):
         local = spec["via"] == "local"
-        self.chat = LocalChat(spec, model, revision, trust_remote_code) if local else ApiChat(spec)
+        self.chat = LocalChat(spec, model) if local else ApiChat(spec)
         where = f"run here ({spec['backend']})" if local else f"at {spec['base_url'] or 'OpenAI'}"
         self.description = (f"FastChat MT-Bench pairwise judge {spec['model']} {where}, greedy, both orders of "
                             "every turn; a verdict that flips with the order is a tie, failures are left out")
@@ -201,13 +210,14 @@ class FastChatJudge:
         return [{"matches": by_id[it["id"]]} for it in items]
 
 
-def load_judge(spec: dict, seed: int, model: tuple[str, str | None] | None = None, trust_remote_code: bool = False):
+def load_judge(spec: dict, seed: int, model: JudgeModel | None = None):
+    """The judge of an eval's `judge` entry; `model`: the configured model it runs here, if any."""
     if spec["kind"] == "fastchat":
-        return FastChatJudge(spec, *(model or (None, None)), trust_remote_code)
+        return FastChatJudge(spec, model)
     if spec["kind"] == "answer_check":
         return AnswerCheckJudge()
     if spec["kind"] == "local":
-        return LocalJudge(spec, model[0], model[1], trust_remote_code)
+        return LocalJudge(spec, model)
     if spec["kind"] == "annotator":
         return AnnotatorJudge(spec, seed)
     raise ValueError(f"unknown judge kind {spec['kind']!r}")

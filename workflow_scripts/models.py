@@ -55,31 +55,43 @@ def save_model_folder(path: str | os.PathLike, write: Callable[[Path], None]) ->
     return digest
 
 
-def tokenizer_digest(model: str, revision: str | None = None) -> str:
-    """Digest of the tokenizer files, chat template included."""
+def template_digest(chat_template: str | None) -> dict:
+    """The digest of the chat template a stage sets on the tokenizer (none when it keeps the model's own)."""
+    return {} if chat_template is None else {"chat_template": hashlib.sha256(chat_template.encode()).hexdigest()}
+
+
+def tokenizer_digest(model: str, revision: str | None = None, chat_template: str | None = None) -> str:
+    """Digest of the tokenizer files, chat template included, and of the `chat_template` set over them."""
     folder = local_dir(model, revision)
     h = hashlib.sha256()
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             h.update(name.encode() + b"\0" + sha256_tree(folder / name).encode())
+    for name, digest in template_digest(chat_template).items():
+        h.update(b"set " + name.encode() + b"\0" + digest.encode())
     return h.hexdigest()
 
 
-def model_identity(model: str, revision: str | None = None) -> dict:
-    """What a model's outputs depend on: the pinned revision of a hub model, the digests of a local folder."""
+def model_identity(model: str, revision: str | None = None, chat_template: str | None = None) -> dict:
+    """What a model's outputs depend on: the pinned revision of a hub model, the digests of a local folder;
+    and the chat template the stage sets, if any."""
     require_pinned(revision, model)
     if revision is not None and not os.path.isdir(model):
-        return {"hf_id": model, "revision": revision}
-    return {"weights": weights_digest(model, revision), "tokenizer": tokenizer_digest(model, revision)}
+        return {"hf_id": model, "revision": revision, **template_digest(chat_template)}
+    return {"weights": weights_digest(model, revision), "tokenizer": tokenizer_digest(model, revision, chat_template)}
 
 
-def load_tokenizer(model: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(model: str, revision: str | None = None, trust_remote_code: bool = False,
+                   chat_template: str | None = None):
+    """A model's tokenizer (padding with EOS when it has no pad token), rendering with `chat_template` if given."""
     from transformers import AutoTokenizer
 
     require_pinned(revision, model)
     tok = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if chat_template is not None:
+        tok.chat_template = chat_template
     return tok
 
 

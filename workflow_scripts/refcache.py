@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from . import chat_templates
 from .data import read_pairs
 from .encoding import encode_examples, forward_logps
 from .io import InputError, atomic_path, read_json, run_cli, sha256_file, write_json
@@ -23,20 +24,21 @@ from .models import default_device, load_model, load_tokenizer, tokenizer_digest
 SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "response_format", "token_level", "kl_pairs")
 
 
-def expected_digests(model: str, revision: str | None, data: str, settings: dict) -> dict:
+def expected_digests(model: str, revision: str | None, data: str, settings: dict,
+                     chat_template: str | None = None) -> dict:
     return {
         "reference_weights": weights_digest(model, revision),
-        "tokenizer": tokenizer_digest(model, revision),
+        "tokenizer": tokenizer_digest(model, revision, chat_template),
         "data": sha256_file(data),
         "settings": json.dumps({k: settings.get(k) for k in SETTINGS}, sort_keys=True),
     }
 
 
 def build(model_path: str, revision: str | None, data: str, settings: dict, batch_size: int,
-          trust_remote_code: bool = False) -> tuple[dict, list[str], int]:
+          trust_remote_code: bool = False, chat_template: str | None = None) -> tuple[dict, list[str], int]:
     """Summed reference log-probs [N, 1 + k] of (chosen, every negative); with `token_level` also the
     per-token values of every response (flat, row-major), with `kl_pairs` KTO's mismatched rows."""
-    tokenizer = load_tokenizer(model_path, revision, trust_remote_code)
+    tokenizer = load_tokenizer(model_path, revision, trust_remote_code, chat_template)
     model = load_model(model_path, revision, settings.get("dtype", "float32"), trust_remote_code,
                        settings.get("attn_implementation"))
     model.to(default_device()).eval()
@@ -130,18 +132,19 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--output", required=True, help="<name>.safetensors; <name>.json is written beside it")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
+    chat_templates.add_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = json.loads(args.params)
     tensors, ids, n_truncated = build(args.model, args.revision, args.data, settings, settings["batch_size"],
-                                      args.trust_remote_code)
+                                      args.trust_remote_code, args.chat_template)
     meta_path = args.output.removesuffix(".safetensors") + ".json"
     with atomic_path(args.output) as tmp:  # the tensors appear only after the record that names their digest
         save_file(tensors, str(tmp))
         write_json(meta_path, {
             "ids": ids, "n_examples": len(ids), "n_negatives": tensors["sums"].shape[1] - 1,
             "n_truncated": n_truncated, "model": args.model, "revision": args.revision, "sha256": sha256_file(tmp),
-            "digests": expected_digests(args.model, args.revision, args.data, settings),
+            "digests": expected_digests(args.model, args.revision, args.data, settings, args.chat_template),
         })
     print(f"reference log-probs for {len(ids)} examples x {tensors['sums'].shape[1]} responses; "
           f"{n_truncated} responses truncated")

@@ -24,7 +24,7 @@ from .backends import Request, Sampling, request_seed
 from .data import validate_record
 from .generate import LazyBackend, add_generation_arguments, fingerprint, prompt_ids
 from .io import InputError, read_jsonl, run_cli, seed_files, write_jsonl
-from .models import load_tokenizer
+from .models import load_tokenizer, model_identity
 from .shards import run_in_shards
 
 
@@ -87,11 +87,12 @@ def generate_main(args) -> None:
     p = json.loads(args.params)
     records = read_jsonl(args.data, validate_record)[: p.get("limit")]
     require_answer(args.data, records)
-    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
+    tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code, args.chat_template)
     backend = LazyBackend(p["backend"], args.model, args.revision, p, args.trust_remote_code)
+    identity = model_identity(args.model, args.revision, args.chat_template)
     results, resumed = run_in_shards(
         args.output, records, lambda chunk: continue_steps(backend, tokenizer, chunk, p, args.seed),
-        fingerprint("step_controlled", p, args.seed, args.data, args.model, args.revision),
+        fingerprint("step_controlled", p, args.seed, args.data, identity),
         p["shard_size"], f"step-controlled seed {args.seed}")
     kinds = Counter("wrong" if r["finish_reason"] == "stop" and not r["correct"] else
                     "correct" if r["finish_reason"] == "stop" else "unfinished" for r in results)

@@ -24,6 +24,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from . import chat_templates
 from . import checkpoint, tracking
 from .bmc import edit_masks, stopword_ids
 from .data import read_pairs
@@ -32,7 +33,9 @@ from .encoding import encode_examples, forward_logps
 from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
 from .config import METHODS, negative_columns, negatives_required, refcache_settings
 from .losses import LOSSES, Batch, kto_kl
-from .models import load_model, load_tokenizer, save_model_folder, weights_digest
+from .models import (
+    load_model, load_tokenizer, save_model_folder, template_digest, weights_digest,
+)
 from .refcache import RefCache, expected_digests
 from .versions import package_versions
 
@@ -113,7 +116,8 @@ class Reference:
     def __init__(self, args, hp: dict, method, accelerator, policy):
         self.method, self.cache, self.model, self.policy = method, None, None, None
         if args.refcache:
-            expected = expected_digests(args.ref_model, args.ref_revision, args.data, refcache_settings(hp))
+            expected = expected_digests(args.ref_model, args.ref_revision, args.data, refcache_settings(hp),
+                                        args.chat_template)
             self.cache = RefCache(args.refcache, expected)
         elif hp.get("lora") and args.ref_model == args.model and args.ref_revision == args.revision:
             self.policy = accelerator.unwrap_model(policy)  # the same base with the adapters disabled
@@ -174,7 +178,7 @@ class Trainer:
         tracking.start(self.accelerator, trackers, args.project, f"{args.run}/seed{hp['seed']}", hp)
         set_seed(hp["seed"])
         self.total_steps = self.steps_per_epoch * hp["epochs"]
-        self.tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code)
+        self.tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code, args.chat_template)
         self.model, self.optimizer, self.scheduler = _prepared_policy(self.accelerator, args, hp, self.total_steps)
         self.reference = Reference(args, hp, self.method, self.accelerator, self.model) \
             if self.method.needs_ref else None
@@ -182,6 +186,7 @@ class Trainer:
         self.share_prompts = not hp["gradient_checkpointing"]  # checkpointed layers keep no KV cache to share
         self.slot = {r["id"]: i for i, r in enumerate(self.records)}
         self.inputs = {"base_weights": weights_digest(args.model, args.revision), "data": sha256_file(args.data),
+                       **template_digest(args.chat_template),
                        **({"refcache": self.reference.cache.sha256} if args.refcache else {})}
         self.fingerprint = checkpoint.fingerprint(hp, {**self.inputs, "world_size": self.world})
         self._resume()
@@ -361,6 +366,7 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--project", default="post-training", help="the trackers' project")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="the config entries of the run's models allow their own code")
+    chat_templates.add_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     Trainer(args, json.loads(args.params)).run()
