@@ -52,6 +52,21 @@ def js(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def json_file(obj):
+    """A JSON argument that grows with the config (the resolved config, a table's eval files), passed as the
+    path of a file named by its digest: Linux caps one command-line argument at 128 KiB (MAX_ARG_STRLEN),
+    and a job's whole shell command is one argument of bash. The process planning the job writes it
+    (atomically) under .snakemake/, so a changed content is a changed param, which reruns the rule."""
+    text = js(obj)
+    path = os.path.join(".snakemake", "json_arguments", hashlib.sha256(text.encode()).hexdigest() + ".json")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+            f.write(text)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)
+    return path
+
+
 def code(stage):
     """A stage module and every project module it imports, listed as inputs: editing any of them reruns
     the stage (and what depends on it), and nothing else."""

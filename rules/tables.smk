@@ -11,14 +11,14 @@ rule table:
         md=report(f"{R}/tables/{{table}}.md", category="Tables"),
     params:
         spec=lambda w: js({**config["tables"][w.table], "name": w.table}),
-        files=lambda w: js(eval_files(w.table)),
+        files=lambda w: json_file(eval_files(w.table)),
         prefix=lambda w: f"{R}/tables/{w.table}",
     log:
         f"{R}/logs/table/{{table}}.log",
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m workflow_scripts.tables --params {params.spec:q} --files {params.files:q} --prefix {params.prefix} "
+        "python -m workflow_scripts.tables --params {params.spec:q} --files {params.files} --prefix {params.prefix} "
         "> {log} 2>&1"
 
 
@@ -31,11 +31,11 @@ rule manifest:
     output:
         f"{R}/manifest.json",
     params:
-        config=lambda w: js(config),
+        config=lambda w: json_file(config),
     log:
         f"{R}/logs/manifest.log",
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m workflow_scripts.manifest --config {params.config:q} "
+        "python -m workflow_scripts.manifest --config {params.config} "
         "--output {output} > {log} 2>&1"

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 from pathlib import Path
 
-from .io import run_cli, sha256_file, write_json
+from .io import read_json, run_cli, sha256_file, write_json
 from .versions import package_versions
 
 SKIPPED_PARTS = {"checkpoints", "logs", "benchmarks", "tracking"}  # tracking: the trackers' own logs
@@ -36,12 +35,12 @@ def is_artifact(rel: Path) -> bool:
 
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="JSON: the resolved config")
+    parser.add_argument("--config", required=True, help="a JSON file: the resolved config")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     digests = artifact_digests(str(Path(args.output).parent))
     write_json(args.output, {"git": git_state(str(Path(__file__).resolve().parents[1])), "versions": package_versions(),
-                             "config": json.loads(args.config), "artifacts": digests})
+                             "config": read_json(args.config), "artifacts": digests})
     print(f"manifest: {len(digests)} artifacts")
 
 

@@ -143,11 +143,11 @@ def render(table: dict, rows: list[dict], summaries: dict[str, str] | None = Non
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True, help="JSON: the table's config entry with 'name'")
-    parser.add_argument("--files", required=True, help="JSON: row name -> eval name -> eval JSON files (one per seed)")
+    parser.add_argument("--files", required=True, help="a JSON file: row name -> eval name -> eval JSON files (one per seed)")
     parser.add_argument("--prefix", required=True, help="output path without extension")
     args = parser.parse_args(argv)
     table = json.loads(args.params)
-    outputs = render(table, *collect(table, json.loads(args.files)))
+    outputs = render(table, *collect(table, read_json(args.files)))
     for ext, text in outputs.items():
         with atomic_path(f"{args.prefix}.{ext}") as tmp:
             tmp.write_text(text)
