@@ -106,7 +106,9 @@ def stages_on_device(world, tmp: Path) -> dict:
 
     refcache.forward_logps = spy
     try:
-        refcache.build(model, None, data, {**HP, "negatives": 1, "token_level": False, "kl_pairs": False}, 16)
+        settings = {**HP, "negatives": 1, "token_level": False, "kl_pairs": False, "batch_size": 16, "shard_size": 64}
+        refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data,
+                       "--output", str(tmp / "ref.safetensors")])
     finally:
         refcache.forward_logps = original
     seen["hf_generation"] = str(HFBackend(model, None, "bfloat16", 16).model.device)

@@ -49,7 +49,7 @@ def ours(model: str, data: str, hp: dict, reference: str | None, workdir: Path) 
         extra = ["--ref-model", model]
     if reference == "cache":
         cache = workdir / "ref.safetensors"
-        settings = {**refcache_settings(hp), "dtype": hp["dtype"], "batch_size": 32,
+        settings = {**refcache_settings(hp), "shard_size": 2048, "dtype": hp["dtype"], "batch_size": 32,
                     "negatives": negatives_required(hp["method"], hp)}
         refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
         extra += ["--refcache", str(cache)]

@@ -198,7 +198,8 @@ def refcache_params(cache):
     negatives = max(negatives_required(config["runs"][r]["method"], config["runs"][r]) for r in runs)
     first = config["runs"][runs[0]]
     return js({**refcache_settings(first), "dtype": first["dtype"], "attn_implementation": first["attn_implementation"],
-               "negatives": negatives, "batch_size": config["refcache"]["batch_size"]})
+               "negatives": negatives, "batch_size": config["refcache"]["batch_size"],
+               "shard_size": config["refcache"]["shard_size"]})
 
 
 def subjects(row):

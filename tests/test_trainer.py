@@ -51,7 +51,7 @@ def test_cached_reference_gives_the_live_losses_step_by_step(tiny_world, tmp_pat
     model, data = tiny_world
     hp = hp_for(method)
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "dtype": "float32", "batch_size": 7,
+    settings = {**refcache_settings(hp), "dtype": "float32", "batch_size": 7, "shard_size": 20,
                 "negatives": negatives_required(method, hp)}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     live = run_train(model, data, tmp_path / "live", hp, "--ref-model", model)
@@ -74,7 +74,8 @@ def test_unpaired_kto_trains_with_cached_or_live_reference(tiny_world, tmp_path)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     hp = hp_for("kto", unpaired=True, epochs=1, batch_size=32, micro_batch_size=8, undesirable_weight=0.5)
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "dtype": "float32", "batch_size": 16, "negatives": negatives_required("kto", hp)}
+    settings = {**refcache_settings(hp), "shard_size": 16, "dtype": "float32", "batch_size": 16,
+                "negatives": negatives_required("kto", hp)}
     assert settings["negatives"] == 0
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", str(data), "--output", str(cache)])
     live = run_train(model, str(data), tmp_path / "live", hp, "--ref-model", model)
@@ -91,7 +92,7 @@ def test_refcache_with_other_settings_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dpo")
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "max_length": 100, "batch_size": 8, "negatives": 1}
+    settings = {**refcache_settings(hp), "shard_size": 16, "max_length": 100, "batch_size": 8, "negatives": 1}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     with pytest.raises(Exception, match="settings digest differs"):
         run_train(model, data, tmp_path / "out", hp, "--ref-model", model, "--refcache", str(cache))
@@ -107,7 +108,7 @@ def test_refcache_of_other_inputs_is_refused_naming_the_digest(tiny_world, tmp_p
     model, data = tiny_world
     hp = hp_for("dpo")
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "batch_size": 8, "negatives": 1}
+    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 1}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     model_copy, data_copy = tmp_path / "model", tmp_path / "data.jsonl"
     shutil.copytree(model, model_copy)
@@ -146,7 +147,7 @@ def test_refcache_with_too_few_negatives_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dft")  # sample: true, m 2, 2 epochs -> negatives 0..3
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "batch_size": 8, "negatives": 2}
+    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 2}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     with pytest.raises(Exception, match="the cache holds 2 negatives per example; this run reads negative 3"):
         run_train(model, data, tmp_path / "out", hp, "--ref-model", model, "--refcache", str(cache))
@@ -249,7 +250,7 @@ def test_a_damaged_reference_cache_is_refused_naming_the_file(tiny_world, tmp_pa
     model, data = tiny_world
     hp = hp_for("dpo")
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "batch_size": 8, "negatives": 1}
+    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 1}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     blob = cache.read_bytes()
     cache.write_bytes(blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:] if damage == "flip" else blob[: len(blob) // 2])
@@ -535,3 +536,35 @@ def test_a_base_model_without_a_template_trains_through_the_configured_one_and_k
     configured = load_tokenizer(base, chat_template=ZEPHYR)
     assert all(saved.apply_chat_template(p, tokenize=False, add_generation_prompt=True) == render_prompt(configured, p)
                for p in prompts)
+
+
+def test_a_killed_reference_cache_resumes_from_its_shards_to_the_same_bytes(tiny_world, tmp_path):
+    """SIGKILL after some shards (KTO's cross-example pairs and per-token values included): no cache; the rerun
+    reads the finished shards back and writes a cache byte-identical to an uninterrupted build."""
+    import signal
+    import time
+
+    from workflow_scripts.shards import shard_folder
+
+    model, data = tiny_world
+    settings = {**refcache_settings(hp_for("kto")), "token_level": True, "dtype": "float32", "batch_size": 2,
+                "shard_size": 4, "negatives": 1}
+
+    def command(name):
+        return [sys.executable, "-m", "workflow_scripts.refcache", "--params", json.dumps(settings), "--model", model,
+                "--data", data, "--output", str(tmp_path / f"{name}.safetensors")]
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run(command("whole"), env=env, cwd=ROOT, check=True, capture_output=True)
+    folder = shard_folder(tmp_path / "killed.safetensors")
+    proc = subprocess.Popen(command("killed"), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(folder.glob("shard*.safetensors"))) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(list(folder.glob("shard*.safetensors"))) < 12 and not (tmp_path / "killed.safetensors").exists()
+    resumed = subprocess.run(command("killed"), env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert int(re.search(r"(\d+) shards resumed", resumed.stdout).group(1)) >= 3 and not folder.exists()
+    for suffix in (".safetensors", ".json"):
+        assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes(), suffix

@@ -148,8 +148,11 @@ class Example:
 
 
 def encode_examples(tokenizer, records: list[dict], columns: list[int], settings: dict,
-                    kl_pairs: bool = False, source: str = "data") -> tuple[list[Example], int]:
+                    kl_pairs: bool = False, source: str = "data",
+                    rows: range | None = None) -> tuple[list[Example], int]:
     """Tokenise records (negatives in `columns`) with the recipe's truncation; also count truncations.
+    `rows`: the records to tokenise (default: all), by index, so that a shard's lines and KTO pairs are the
+    whole file's.
 
     With `over_long_prompts: error`, an example whose prompt the recipe would cut (too long for
     max_length, prompt over max_prompt_length) is refused instead, naming the `source` file, line and field.
@@ -159,9 +162,10 @@ def encode_examples(tokenizer, records: list[dict], columns: list[int], settings
     reference cache can hold them.
     """
     examples, n_truncated = [], 0
-    prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r["prompt"], prompt_format=settings.get("prompt_format"),
-                                                      prefix=r.get("prefix", "")))
-               for r in records]
+    rows = range(len(records)) if rows is None else rows
+    prompts = {i: encode_prompt(tokenizer, render_prompt(
+        tokenizer, records[i]["prompt"], prompt_format=settings.get("prompt_format"), prefix=records[i].get("prefix", "")))
+        for i in rows}
     strict = settings.get("over_long_prompts") == "error"
 
     def join(i, text):
@@ -173,7 +177,8 @@ def encode_examples(tokenizer, records: list[dict], columns: list[int], settings
                              "(over_long_prompts: truncate keeps its end, as the recipes do)", i + 1, "prompt")
         return join_truncated(prompts[i], response, settings["max_length"], limit, records[i]["id"])
 
-    for i, r in enumerate(records):
+    for i in rows:
+        r = records[i]
         ex = Example(r["id"], join(i, r["chosen"]), [join(i, r["negatives"][c]) for c in columns], label=r.get("label"))
         if kl_pairs:
             prev = records[i - 1]

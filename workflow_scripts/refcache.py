@@ -4,14 +4,20 @@ Written as `<name>.safetensors` (tensors) and `<name>.json` (ids in row order, t
 and the digests of reference weights, tokenizer + chat template, data file and encoding settings).
 Training refuses a cache whose digests differ from its own inputs, naming the one that differs,
 and tensors that are not the ones recorded (changed or cut after they were written).
+
+Built in shards of `shard_size` records, each tokenised and forwarded on its own (memory holds one shard's
+tokens, not the dataset's) and kept in a hidden folder beside the output until the cache is whole: a killed
+job resumes from its finished shards.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -20,6 +26,7 @@ from .data import read_pairs
 from .encoding import encode_examples, forward_logps
 from .io import InputError, atomic_path, read_json, run_cli, sha256_file, write_json
 from .models import default_device, load_model, load_tokenizer, tokenizer_digest, weights_digest
+from .shards import kept_folder, shard_folder
 
 SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "response_format", "token_level", "kl_pairs")
 
@@ -34,22 +41,36 @@ def expected_digests(model: str, revision: str | None, data: str, settings: dict
     }
 
 
-def build(model_path: str, revision: str | None, data: str, settings: dict, batch_size: int,
-          trust_remote_code: bool = False, chat_template: str | None = None) -> tuple[dict, list[str], int]:
-    """Summed reference log-probs [N, 1 + k] of (chosen, every negative); with `token_level` also the
-    per-token values of every response (flat, row-major), with `kl_pairs` KTO's mismatched rows."""
-    tokenizer = load_tokenizer(model_path, revision, trust_remote_code, chat_template)
-    model = load_model(model_path, revision, settings.get("dtype", "float32"), trust_remote_code,
-                       settings.get("attn_implementation"))
-    model.to(default_device()).eval()
-    k = settings["negatives"]
-    records = read_pairs(data, k, "the runs reading this reference cache")
-    examples, n_truncated = encode_examples(tokenizer, records, list(range(k)), settings,
-                                            kl_pairs=bool(settings.get("kl_pairs")), source=data)
+class ReferenceModel:
+    """The reference model and its tokenizer, loaded on first use (a resumed job with every shard done loads
+    neither)."""
+
+    def __init__(self, model: str, revision: str | None, settings: dict, trust_remote_code: bool,
+                 chat_template: str | None):
+        self.args, self.settings, self.loaded = (model, revision, trust_remote_code, chat_template), settings, None
+
+    def get(self):
+        if self.loaded is None:
+            model, revision, trust, template = self.args
+            tokenizer = load_tokenizer(model, revision, trust, template)
+            net = load_model(model, revision, self.settings.get("dtype", "float32"), trust,
+                             self.settings.get("attn_implementation"))
+            self.loaded = tokenizer, net.to(default_device()).eval()
+        return self.loaded
+
+
+def shard_tensors(reference: ReferenceModel, records: list[dict], rows: range, settings: dict,
+                  source: str) -> tuple[dict, int]:
+    """The log-probs of the records in `rows`, tokenised here (memory holds one shard's tokens): summed [n, 1 + k]
+    for (chosen, every negative); with `token_level` the per-token values (flat, row-major), with `kl_pairs`
+    KTO's mismatched rows."""
+    tokenizer, model = reference.get()
+    examples, n_truncated = encode_examples(tokenizer, records, list(range(settings["negatives"])), settings,
+                                            kl_pairs=bool(settings.get("kl_pairs")), source=source, rows=rows)
     sums, counts, flat, kl = [], [], [], []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", mininterval=5):
-            out = forward_logps(model, examples[start: start + batch_size], tokenizer.pad_token_id)
+        for start in range(0, len(examples), settings["batch_size"]):
+            out = forward_logps(model, examples[start: start + settings["batch_size"]], tokenizer.pad_token_id)
             # gathered on the host batch by batch (the model may sit on a GPU)
             sums.append(out.logps.sum(-1).double().cpu()), counts.append(out.mask.sum(-1).cpu())
             if settings.get("token_level"):
@@ -61,7 +82,43 @@ def build(model_path: str, revision: str | None, data: str, settings: dict, batc
         tensors["token_logps"] = torch.cat(flat)
     if kl:
         tensors["kl_sums"] = torch.cat(kl)
-    return tensors, [e.id for e in examples], n_truncated
+    return tensors, n_truncated
+
+
+def build(reference: ReferenceModel, data: str, settings: dict, output: str,
+          fingerprint: dict) -> tuple[dict, list[str], int, int]:
+    """The whole cache's tensors, its ids, truncation count and the number of shards resumed, computed in
+    resumable shards of `shard_size` records (`<output>`'s hidden shard folder, kept until the cache is written)."""
+    records = read_pairs(data, settings["negatives"], "the runs reading this reference cache")
+    folder = kept_folder(shard_folder(output), fingerprint)
+    parts, n_truncated, resumed, size = [], 0, 0, settings["shard_size"]
+    for start in tqdm(range(0, len(records), size), desc="reference log-probs", mininterval=5):
+        path = folder / f"shard{start // size:06d}.safetensors"
+        if _finished(path):
+            resumed += 1
+        else:
+            tensors, truncated = shard_tensors(reference, records, range(start, min(start + size, len(records))),
+                                               settings, data)
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata={"n_truncated": str(truncated)})
+        with safe_open(str(path), "pt") as f:
+            parts.append({key: f.get_tensor(key) for key in f.keys()})
+            n_truncated += int(f.metadata()["n_truncated"])
+    tensors = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    return tensors, [r["id"] for r in records], n_truncated, resumed
+
+
+def _finished(path: Path) -> bool:
+    """Whether a shard is done (a damaged one is redone)."""
+    if not path.exists():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            int(f.metadata()["n_truncated"]), [f.get_slice(key).get_shape() for key in f.keys()]
+        return True
+    except Exception as e:  # safetensors raises its own error types for a cut or garbled file
+        print(f"shard redone: {path.name}: {e}", flush=True)
+        return False
 
 
 class RefCache:
@@ -125,7 +182,7 @@ class RefCache:
 
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", required=True, help="JSON: max_length, max_prompt_length, batch_size, ...")
+    parser.add_argument("--params", required=True, help="JSON: max_length, max_prompt_length, batch_size, shard_size, ...")
     parser.add_argument("--model", required=True)
     parser.add_argument("--revision", default=None)
     parser.add_argument("--data", required=True)
@@ -136,18 +193,20 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = json.loads(args.params)
-    tensors, ids, n_truncated = build(args.model, args.revision, args.data, settings, settings["batch_size"],
-                                      args.trust_remote_code, args.chat_template)
+    digests = expected_digests(args.model, args.revision, args.data, settings, args.chat_template)
+    reference = ReferenceModel(args.model, args.revision, settings, args.trust_remote_code, args.chat_template)
+    tensors, ids, n_truncated, resumed = build(reference, args.data, settings, args.output, {"params": settings, **digests})
     meta_path = args.output.removesuffix(".safetensors") + ".json"
     with atomic_path(args.output) as tmp:  # the tensors appear only after the record that names their digest
         save_file(tensors, str(tmp))
         write_json(meta_path, {
             "ids": ids, "n_examples": len(ids), "n_negatives": tensors["sums"].shape[1] - 1,
             "n_truncated": n_truncated, "model": args.model, "revision": args.revision, "sha256": sha256_file(tmp),
-            "digests": expected_digests(args.model, args.revision, args.data, settings, args.chat_template),
+            "digests": digests,
         })
+    shutil.rmtree(shard_folder(args.output))
     print(f"reference log-probs for {len(ids)} examples x {tensors['sums'].shape[1]} responses; "
-          f"{n_truncated} responses truncated")
+          f"{n_truncated} responses truncated; {resumed} shards resumed")
 
 
 if __name__ == "__main__":
