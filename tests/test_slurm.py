@@ -112,7 +112,7 @@ def test_profile_sets_site_values_in_one_place():
     for rule in gpus:
         res = profile["set-resources"][rule]
         assert (res["gpu_model"], res["slurm_partition"]) == ("YOUR_GPU_MODEL", "YOUR_GPU_PARTITION"), rule
-        assert res["cpus_per_gpu"] >= 1 and "cpus_per_task" not in res, rule
+        assert res["cpus_per_gpu"] >= 1 and "cpus_per_task" not in res and res["nodes"] == 1, rule
     assert "gpu" not in profile["set-resources"]["train"]  # the run's `processes`, from rules/train.smk
 
 
@@ -168,7 +168,7 @@ def test_dry_run_with_the_profile_shows_gpu_requests(experiment, tmp_path):
             continue
         if job["rule"] in gpus:
             assert res["gpu_model"] == "YOUR_GPU_MODEL" and res["slurm_partition"] == "YOUR_GPU_PARTITION", job
-            assert int(res["gpu"]) >= 1 and int(res["cpus_per_gpu"]) >= 1, job
+            assert int(res["gpu"]) >= 1 and int(res["cpus_per_gpu"]) >= 1 and res["nodes"] == "1", job
             assert "cpus_per_task" not in res, job
             if job["rule"] == "train":
                 run = job["wildcards"]["run"]
