@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 
 sys.path.insert(0, workflow.basedir)
@@ -24,6 +25,11 @@ try:
     check_config(config, os.path.join(workflow.basedir, "schemas/config.schema.yaml"))
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
+
+# SLURM signals every process of a job step (the profile's --signal=USR1@600 before the time limit): the
+# snakemake running the job, the job's shell and accelerate's launcher ignore USR1 (an ignored signal stays
+# ignored in every child), so that they outlive the trainer processes, which handle it (checkpoint, exit 143).
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 R = "results"
 ANSWER_GROUPS = plan.answer_groups(config)  # group name -> the answer sets one job generates together

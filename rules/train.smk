@@ -30,6 +30,8 @@ rule train:
     conda:
         "../envs/train.yaml"
     shell:
-        "python -m workflow_scripts.launch {params.launch} workflow_scripts.train --params {params.hp:q} --run {wildcards.run} --model {params.model} {params.revision} "
+        # the shell ignores SIGTERM, which SLURM sends every process of the step at a preemption or scancel, and
+        # waits for the trainer processes to checkpoint on it (accelerate's launcher forwards it to them too)
+        "trap '' TERM; python -m workflow_scripts.launch {params.launch} workflow_scripts.train --params {params.hp:q} --run {wildcards.run} --model {params.model} {params.revision} "
         "{params.flags} --data {input.data} {params.reference} --outdir {params.outdir} "
         "--report-to {resources.report_to} --project {resources.tracking_project} --threads {threads} > {log} 2>&1"

@@ -198,14 +198,15 @@ def cluster():
 LONG_STEPS = 800
 
 
-def slurm_config(*long_runs: str) -> dict:
+def slurm_config(*long_runs: str, processes: int = 1) -> dict:
     """The mini config cut to one trained run (sft) and its lm-eval table: a handful of SLURM jobs.
-    `long_runs` adds runs of LONG_STEPS optimizer steps that checkpoint only on a signal (not in the table)."""
+    `long_runs` adds runs of LONG_STEPS optimizer steps that checkpoint only on a signal (not in the table),
+    trained by `processes` processes (DDP, one GPU each)."""
     config = yaml.safe_load(MINI.read_text())
     sft = config["runs"]["sft"]
     config["runs"] = {"sft": sft}
     for name in long_runs:  # 64 examples, batch 16: 4 steps per epoch
-        config["runs"][name] = {**sft, "epochs": LONG_STEPS // 4, "checkpoint_every": 0}
+        config["runs"][name] = {**sft, "epochs": LONG_STEPS // 4, "checkpoint_every": 0, "processes": processes}
     table = config["tables"]["mini_table"]
     table["rows"] = ["sft"]
     table["columns"] = [c for c in table["columns"] if c.get("eval", table["eval"]) == table["eval"]]
@@ -263,15 +264,16 @@ def test_workflow_runs_through_the_scheduler(cluster, slurm_run):
 
 @pytest.mark.parametrize("signal, state", [("TERM", "CANCELLED"), ("USR1", "FAILED")], ids=["scancel", "usr1"])
 def test_interrupted_training_is_retried_and_resumes_from_its_checkpoint(cluster, slurm_run, signal, state):
-    """A training job interrupted mid-run through SLURM: `scancel` (SIGTERM to its processes, as at a
-    preemption; the job ends CANCELLED) or `scancel --signal=USR1` (what the profile's
-    `--signal=USR1@600` sends before the time limit; the trainer exits 143, the job ends FAILED). The
-    trainer writes a checkpoint on the signal, snakemake retries the job (profile `retries`), and the
-    retry resumes from that checkpoint and completes."""
+    """A 2-process (DDP) training job interrupted mid-run through SLURM: `scancel` (SIGTERM to its processes,
+    as at a preemption; the job ends CANCELLED) or `scancel --signal=USR1` (what the profile's
+    `--signal=USR1@600` sends before the time limit; the trainer exits 143, the job ends FAILED). Every
+    process of the job step gets the signal: the job's snakemake, its shell and accelerate's launcher live
+    through it, both trainer processes write the checkpoint, snakemake retries the job (profile
+    `retries`), and the retry resumes from that checkpoint and completes."""
     workdir, profile, _ = slurm_run
     run = f"sft_{signal.lower()}"
     config = workdir / f"{run}.yaml"
-    config.write_text(yaml.safe_dump(slurm_config(run)))
+    config.write_text(yaml.safe_dump(slurm_config(run, processes=2)))
     out_dir = workdir / f"results/train/{run}/seed42"
     log = workdir / f"results/logs/train/{run}/seed42.log"
     output = workdir / f"{run}.out"
@@ -305,6 +307,10 @@ def test_interrupted_training_is_retried_and_resumes_from_its_checkpoint(cluster
           f"whole run through SLURM {time.monotonic() - t:.0f} s; sacct:\n"
           + "\n".join(" | ".join(accounting[i].values()) for i in jobs))
     assert accounting[jobs[0]]["State"].startswith(state) and accounting[jobs[1]]["State"] == "COMPLETED"
+    # the step that ran the job: its snakemake outlived the signal and exited with the training's failure (a
+    # snakemake killed by the signal, 0:10 or 0:15, would have taken the trainer processes down with the step)
+    steps = cluster.run("sacct", "-j", jobs[0], "-n", "-P", "-o", "JobID,ExitCode").stdout
+    assert f"{jobs[0]}.0|1:0" in steps.splitlines(), steps
     step = summary["resumed_from_step"]
     assert 0 < step < LONG_STEPS
     assert f"checkpoints/step{step} (step {step} of {LONG_STEPS})" in log.read_text()  # the retry's log
