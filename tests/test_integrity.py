@@ -8,7 +8,9 @@ import subprocess
 import pytest
 
 from workflow_scripts import generate
-from workflow_scripts.io import InputError, read_json, read_jsonl, record_digest, write_json, write_jsonl
+from workflow_scripts.io import (
+    InputError, read_json, read_jsonl, record_digest, sha256_file, write_json, write_jsonl,
+)
 from workflow_scripts.models import weights_digest
 
 RECORDS = [{"id": f"r{i}", "prompt": [{"role": "user", "content": f"q{i} é"}], "chosen": f"a{i}"} for i in range(6)]
@@ -81,6 +83,30 @@ def test_a_damaged_shard_is_redone_not_resumed(tmp_path, capsys):
     records, resumed = run_in_shards(out, list(range(6)), work, {"v": 1}, 2, "squares")
     assert (records, resumed) == (whole, 1) and out.read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     assert f"shard redone: {first}: the content (sha256" in capsys.readouterr().out
+
+
+def test_weight_digests_are_remembered_until_the_file_is_written_even_with_its_size_and_mtime_kept(
+        tiny_world, tmp_path, monkeypatch):
+    """Every stage and rank checks the weights it loads; an unchanged file is hashed once, a file written in
+    place is hashed again even when its size and modification time are set back (its ctime moves)."""
+    import os
+
+    from workflow_scripts import models
+
+    monkeypatch.setattr(models, "DIGEST_MEMO", tmp_path / "memo")
+    hashed = []
+    monkeypatch.setattr(models, "sha256_file", lambda path: hashed.append(path) or sha256_file(path))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_world[0], model)
+    first = weights_digest(str(model))
+    assert weights_digest(str(model)) == first and len(hashed) == 1
+    weights = model / "model.safetensors"
+    stat, blob = weights.stat(), bytearray(weights.read_bytes())
+    blob[-3] ^= 0x01
+    weights.write_bytes(bytes(blob))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size and weights.stat().st_mtime_ns == stat.st_mtime_ns
+    assert weights_digest(str(model)) != first and len(hashed) == 2
 
 
 def test_the_weights_digest_covers_pytorch_bin_weights_and_refuses_a_folder_without_weights(tiny_world, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +32,27 @@ def local_dir(model: str, revision: str | None = None) -> Path:
     return Path(snapshot_download(model, revision=revision, local_files_only=True))
 
 
+DIGEST_MEMO = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "post-training-workflow" / "sha256"
+
+
+def remembered_sha256(path: Path) -> str:
+    """sha256 of a weight file, remembered by the file's identity and change times, as git's index does: an
+    unchanged file is not read again by every stage and every rank (~40 s for a 7B model's weights), and a file
+    written in any way (its ctime moves, which no user can set back) is hashed anew."""
+    st = path.stat()
+    key = f"{path.resolve()}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+    memo = DIGEST_MEMO / hashlib.sha256(key.encode()).hexdigest()
+    if memo.is_file() and re.fullmatch(r"[0-9a-f]{64}", remembered := memo.read_text()):
+        return remembered
+    digest = sha256_file(path)
+    try:
+        with atomic_path(memo) as tmp:
+            tmp.write_text(digest)
+    except OSError:  # a read-only home: hashed every time, as before
+        pass
+    return digest
+
+
 def weights_digest(model: str, revision: str | None = None) -> str:
     """Digest of a model's weight files (every `*.safetensors` and `*.bin`), checked against the one recorded
     when the workflow wrote the folder (a trained model's `model.sha256`): weights changed in place are refused
@@ -39,7 +61,7 @@ def weights_digest(model: str, revision: str | None = None) -> str:
     files = [f for f in sorted(folder.rglob("*")) if f.is_file() and is_weight_file(f.name)]
     if not files:
         raise InputError(folder, f"no weight files ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}) in the model folder")
-    digest = combine_digests((f.relative_to(folder), sha256_file(f)) for f in files)
+    digest = combine_digests((f.relative_to(folder), remembered_sha256(f)) for f in files)
     check_digest(folder, digest)
     return digest
 
