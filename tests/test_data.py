@@ -359,20 +359,29 @@ def gen_file(tmp_path, seed, ids, texts=None):
 
 def test_merge_joins_on_id_in_numeric_seed_order(tmp_path):
     records = [{"id": f"x-{i}", "prompt": [{"role": "user", "content": "q"}], "chosen": "a"} for i in range(3)]
-    files = {s: gen_file(tmp_path, s, [f"x-{i}" for i in (2, 0, 1)]) for s in (10, 2, 1)}
-    merged = merge.merge(records, files)
+    files = {s: gen_file(tmp_path, s, [f"x-{i}" for i in range(3)]) for s in (10, 2, 1)}
+    merged = list(merge.merge(write(tmp_path / "data.jsonl", records), files))
     assert [r["id"] for r in merged] == ["x-0", "x-1", "x-2"]
     assert merged[0]["negatives"] == ["x-0 s1", "x-0 s2", "x-0 s10"]
+    assert [r["id"] for r in merge.merge(str(tmp_path / "data.jsonl"), {1: gen_file(tmp_path, 1, ["x-0", "x-1"])},
+                                         limit=2)] == ["x-0", "x-1"]
 
 
-def test_merge_refuses_missing_duplicate_and_unknown_ids(tmp_path):
+@pytest.mark.parametrize("ids, message", [
+    (["x-0"], "seed0.jsonl, field 'id': ends after 1 records; the data goes on from id 'x-1'"),
+    (["x-0", "x-0", "x-1"], "seed0.jsonl, line 2, field 'id': id 'x-0' where the data's record 2 is 'x-1'"),
+    (["x-1", "x-0"], "seed0.jsonl, line 1, field 'id': id 'x-1' where the data's record 1 is 'x-0'"),
+    (["x-0", "x-1", "x-9"], "seed0.jsonl, line 3, field 'id': id 'x-9' after the data's last record (2 records)"),
+])
+def test_merge_refuses_missing_duplicate_reordered_and_unknown_ids_by_line(tmp_path, ids, message):
+    """The merge reads the data and the seed files side by side (memory of one record each): a seed file that
+    departs from the data's ids in order is refused at that line, and nothing is written."""
     records = [{"id": f"x-{i}", "prompt": [{"role": "user", "content": "q"}], "chosen": "a"} for i in range(2)]
-    with pytest.raises(InputError, match="1 ids of the data are missing, e.g. 'x-1'"):
-        merge.merge(records, {0: gen_file(tmp_path, 0, ["x-0"])})
-    with pytest.raises(InputError, match="line 2, field 'id': duplicate id 'x-0'"):
-        merge.merge(records, {0: gen_file(tmp_path, 0, ["x-0", "x-0", "x-1"])})
-    with pytest.raises(InputError, match="not in the data, e.g. 'x-9'"):
-        merge.merge(records, {0: gen_file(tmp_path, 0, ["x-0", "x-1", "x-9"])})
+    out = tmp_path / "merged.jsonl"
+    with pytest.raises(InputError, match=re.escape(message)):
+        merge.main(["--data", write(tmp_path / "data.jsonl", records), "--seed-files", gen_file(tmp_path, 0, ids),
+                    "--output", str(out)])
+    assert not out.exists()
 
 
 def test_read_jsonl_reports_line_of_bad_json(tmp_path):

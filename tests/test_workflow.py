@@ -313,7 +313,7 @@ def test_bad_input_leaves_no_output(mini_run, tmp_path):
                            "--until", "merge")
         assert result.returncode != 0
         log = (workdir / "results/logs/merge/toy_neg.log").read_text()
-        assert "seed1.jsonl, field 'id': 63 ids of the data are missing" in log
+        assert "seed1.jsonl, field 'id': ends after 1 records; the data goes on from id" in log
         assert not (workdir / "results/merge/toy_neg.jsonl").exists()
     finally:
         seed_file.write_text(backup)

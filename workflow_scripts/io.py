@@ -136,7 +136,14 @@ def read_jsonl(path: str | os.PathLike, validate: Callable[[dict, Callable[..., 
 def read_jsonl_numbered(path: str | os.PathLike,
                         validate: Callable[[dict, Callable[..., InputError]], None] | None = None) -> list[tuple[int, dict]]:
     """read_jsonl's records with the file's line number of each."""
-    records, h = [], hashlib.sha256()
+    return list(iter_jsonl_numbered(path, validate))
+
+
+def iter_jsonl_numbered(path: str | os.PathLike, validate: Callable[[dict, Callable[..., InputError]], None] | None = None
+                        ) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a JSONL file one at a time (memory of one record); the recorded digest is
+    checked when the file has been read to its end, before the iteration ends."""
+    h = hashlib.sha256()
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -159,9 +166,8 @@ def read_jsonl_numbered(path: str | os.PathLike,
                 raise InputError(path, "a record must be a JSON object", line=lineno)
             if validate is not None:
                 validate(record, lambda message, field=None, _l=lineno: InputError(path, message, _l, field))
-            records.append((lineno, record))
+            yield lineno, record
     check_digest(path, h.hexdigest())
-    return records
 
 
 def require_unique_ids(path: str | os.PathLike, records: list[dict]) -> None:
