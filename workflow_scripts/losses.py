@@ -1,4 +1,5 @@
-"""Training losses as pure functions of per-token log-probs and masks (formulas in each docstring).
+"""Training losses as pure functions of per-token log-probs and masks (formulas in each docstring; the methods,
+their recipes and upstream code: docs/methods.md).
 
 Every loss takes a `Batch` (the policy's per-token log-probs of the label tokens and the response
 masks, shaped [B, K, T] with K = 1 + negatives, column 0 the chosen response; the reference's
