@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from workflow_scripts import refcache, train
 from workflow_scripts.io import InputError
-from workflow_scripts.config import METHODS, negatives_required, refcache_settings
+from workflow_scripts.config import METHODS, negative_columns, negatives_required, refcache_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_HP = {"lr": 1e-3, "epochs": 2, "batch_size": 16, "micro_batch_size": 4, "warmup_ratio": 0.1, "weight_decay": 0.0,
@@ -187,6 +187,7 @@ def _launch_two_processes(args, tmp_path):
            "workflow_scripts.train", *args]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("method,dtype", [("dft", "float32"), ("dpo", "float32"), ("dpo", "bfloat16")])
@@ -198,7 +199,8 @@ def test_two_processes_reach_the_weights_of_one(tiny_world, tmp_path, method, dt
     ref = ["--ref-model", model] if METHODS[method].needs_ref else []
     base = ["--params", json.dumps(hp), "--run", "t", "--model", model, "--data", data, *ref]
     run_train(model, data, tmp_path / "one", hp, *ref)
-    _launch_two_processes([*base, "--outdir", str(tmp_path / "two")], tmp_path)
+    output = _launch_two_processes([*base, "--outdir", str(tmp_path / "two")], tmp_path)
+    assert output.count("encoded 48 records once") == 1  # by the main process, for both
     one = load_file(str(tmp_path / "one/model/model.safetensors"))
     two = load_file(str(tmp_path / "two/model/model.safetensors"))
     two_run = json.loads((tmp_path / "two/run.json").read_text())
@@ -268,7 +270,7 @@ def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tiny_world, tmp_path
     full = run_train(model, data, tmp_path / "full", hp, *ref)
     monkeypatch.setattr(train.checkpoint, "remove_all", lambda accelerator, outdir: None)
     run_train(model, data, tmp_path / "out", hp, *ref)
-    steps = sorted(int(p.name[4:]) for p in (tmp_path / "out/checkpoints").iterdir())
+    steps = sorted(int(p.name[4:]) for p in (tmp_path / "out/checkpoints").glob("step*"))
     assert len(steps) == 3
     newest, before = (tmp_path / f"out/checkpoints/step{s}" for s in steps[:0:-1])
     weights = newest / "model.safetensors"
@@ -568,3 +570,28 @@ def test_a_killed_reference_cache_resumes_from_its_shards_to_the_same_bytes(tiny
     assert int(re.search(r"(\d+) shards resumed", resumed.stdout).group(1)) >= 3 and not folder.exists()
     for suffix in (".safetensors", ".json"):
         assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes(), suffix
+
+
+@pytest.mark.parametrize("method, extra", [("kto", {}), ("dft", {"m": 1, "sample": True})])
+def test_records_encoded_once_give_each_epochs_examples_and_truncations(tiny_world, tmp_path, method, extra):
+    """The trainer's memory-mapped encoding (once per run) builds exactly the examples the reference cache
+    tokenises (KTO's mismatched rows and DFT's per-epoch negatives included) and counts the same truncations;
+    a second run reuses it, another fingerprint rebuilds it."""
+    from workflow_scripts.data import read_pairs
+    from workflow_scripts.encoded import EncodedRecords, encode_once
+    from workflow_scripts.encoding import encode_examples
+    from workflow_scripts.models import load_tokenizer
+
+    model, data = tiny_world
+    hp = hp_for(method, max_length=40, max_prompt_length=8, **extra)
+    n, kl = negatives_required(method, hp), METHODS[method].kl_pairs
+    tok, records, folder = load_tokenizer(model), read_pairs(data, n), tmp_path / "encoded"
+    assert encode_once(folder, {"run": 1}, tok, records, n, hp, kl, data)
+    assert not encode_once(folder, {"run": 1}, tok, records, n, hp, kl, data)
+    encoded = EncodedRecords(folder, records, hp, kl, data)
+    for epoch in range(hp["epochs"]):
+        columns = negative_columns(method, hp, epoch)
+        examples, truncated = encode_examples(tok, records, columns, hp, kl_pairs=kl, source=data)
+        assert [encoded.example(i, columns) for i in range(len(records))] == examples
+        assert encoded.responses_truncated(columns) == truncated > 0
+    assert encode_once(folder, {"run": 2}, tok, records, n, hp, kl, data)

@@ -147,45 +147,54 @@ class Example:
         return [self.chosen, *self.negatives]
 
 
+def record_segments(tokenizer, record: dict, n_negatives: int, settings: dict) -> list[list[int]]:
+    """A record's token ids as training renders them: [prompt, chosen response, negatives 0 .. n_negatives - 1]."""
+    prompt = encode_prompt(tokenizer, render_prompt(tokenizer, record["prompt"], prompt_format=settings.get("prompt_format"),
+                                                    prefix=record.get("prefix", "")))
+    return [prompt] + [encode_response(tokenizer, text, settings.get("response_format"))
+                       for text in [record["chosen"], *record["negatives"][:n_negatives]]]
+
+
+def join_example(record_id: str, label: bool | None, segments: list[list[int]], previous: list[list[int]] | None,
+                 columns: list[int], settings: dict, source: str, line: int) -> Example:
+    """An example from a record's segments (negatives in `columns`) with the recipe's truncation; `previous`: the
+    segments of the record before it, for KTO's mismatched rows. With `over_long_prompts: error`, a prompt the
+    recipe would cut (too long for max_length, over max_prompt_length) is refused, naming `source`, line and field."""
+    prompt, limit, max_length = segments[0], settings["max_prompt_length"], settings["max_length"]
+
+    def join(response: list[int]) -> Encoded:
+        if settings.get("over_long_prompts") == "error" and len(prompt) + len(response) > max_length \
+                and len(prompt) > limit:
+            raise InputError(source, f"id {record_id!r}: the prompt has {len(prompt)} tokens, over "
+                             f"max_prompt_length {limit} in an example over max_length {max_length} "
+                             "(over_long_prompts: truncate keeps its end, as the recipes do)", line, "prompt")
+        return join_truncated(prompt, response, max_length, limit, record_id)
+
+    example = Example(record_id, join(segments[1]), [join(segments[2 + c]) for c in columns], label=label)
+    if previous is not None:
+        example.kl = [join(previous[1])] + [join(previous[2 + c]) for c in columns]
+    return example
+
+
 def encode_examples(tokenizer, records: list[dict], columns: list[int], settings: dict,
                     kl_pairs: bool = False, source: str = "data",
                     rows: range | None = None) -> tuple[list[Example], int]:
-    """Tokenise records (negatives in `columns`) with the recipe's truncation; also count truncations.
+    """Tokenise records (negatives in `columns`) into examples (`join_example`); also count truncations.
     `rows`: the records to tokenise (default: all), by index, so that a shard's lines and KTO pairs are the
     whole file's.
-
-    With `over_long_prompts: error`, an example whose prompt the recipe would cut (too long for
-    max_length, prompt over max_prompt_length) is refused instead, naming the `source` file, line and field.
 
     With `kl_pairs`, example i also gets (prompt_i, response of example i-1) for each of its
     responses, cyclically in file order: KTO's mismatched pairs, fixed per id so that the
     reference cache can hold them.
     """
-    examples, n_truncated = [], 0
     rows = range(len(records)) if rows is None else rows
-    prompts = {i: encode_prompt(tokenizer, render_prompt(
-        tokenizer, records[i]["prompt"], prompt_format=settings.get("prompt_format"), prefix=records[i].get("prefix", "")))
-        for i in rows}
-    strict = settings.get("over_long_prompts") == "error"
-
-    def join(i, text):
-        response = encode_response(tokenizer, text, settings.get("response_format"))
-        n_prompt, limit = len(prompts[i]), settings["max_prompt_length"]
-        if strict and n_prompt + len(response) > settings["max_length"] and n_prompt > limit:
-            raise InputError(source, f"id {records[i]['id']!r}: the prompt has {n_prompt} tokens, over "
-                             f"max_prompt_length {limit} in an example over max_length {settings['max_length']} "
-                             "(over_long_prompts: truncate keeps its end, as the recipes do)", i + 1, "prompt")
-        return join_truncated(prompts[i], response, settings["max_length"], limit, records[i]["id"])
-
-    for i in rows:
-        r = records[i]
-        ex = Example(r["id"], join(i, r["chosen"]), [join(i, r["negatives"][c]) for c in columns], label=r.get("label"))
-        if kl_pairs:
-            prev = records[i - 1]
-            ex.kl = [join(i, prev["chosen"])] + [join(i, prev["negatives"][c]) for c in columns]
-        n_truncated += sum(e.truncated for e in ex.rows)
-        examples.append(ex)
-    return examples, n_truncated
+    needed = set(rows) | ({(i - 1) % len(records) for i in rows} if kl_pairs else set())
+    n_negatives = max(columns, default=-1) + 1
+    segments = {i: record_segments(tokenizer, records[i], n_negatives, settings) for i in needed}
+    examples = [join_example(records[i]["id"], records[i].get("label"), segments[i],
+                             segments[(i - 1) % len(records)] if kl_pairs else None, columns, settings, source, i + 1)
+                for i in rows]
+    return examples, sum(e.truncated for ex in examples for e in ex.rows)
 
 
 @dataclass

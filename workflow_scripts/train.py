@@ -18,29 +18,32 @@ import os
 import signal
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from . import chat_templates
-from . import checkpoint, tracking
+from . import chat_templates, checkpoint, tracking
 from .bmc import edit_masks, stopword_ids
 from .data import read_pairs
 from .distributed import make_accelerator, precision, prepare_reference, start_processes
-from .encoding import encode_examples, forward_logps
+from .encoded import EncodedRecords, encode_once
+from .encoding import forward_logps
 from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
 from .config import METHODS, negative_columns, negatives_required, refcache_settings
 from .losses import LOSSES, Batch, kto_kl
 from .models import (
-    load_model, load_tokenizer, save_model_folder, template_digest, weights_digest,
+    load_model, load_tokenizer, save_model_folder, template_digest, tokenizer_digest, weights_digest,
 )
 from .refcache import RefCache, expected_digests
 from .versions import package_versions
 
 SCHEDULES = {"cosine": get_cosine_schedule_with_warmup, "constant": get_constant_schedule_with_warmup}
 PREEMPTED_EXIT = 143
+# what a record's encoded tokens and truncation depend on, besides the tokenizer and the data
+ENCODING_KEYS = ("prompt_format", "response_format", "max_length", "max_prompt_length", "over_long_prompts")
 
 
 def plan_batches(n_examples: int, hp: dict, world: int) -> tuple[int, int]:
@@ -179,17 +182,38 @@ class Trainer:
         set_seed(hp["seed"])
         self.total_steps = self.steps_per_epoch * hp["epochs"]
         self.tokenizer = load_tokenizer(args.model, args.revision, args.trust_remote_code, args.chat_template)
+        data_digest = sha256_file(args.data)
+        self.encoded = self._encoded_records(data_digest)
         self.model, self.optimizer, self.scheduler = _prepared_policy(self.accelerator, args, hp, self.total_steps)
         self.reference = Reference(args, hp, self.method, self.accelerator, self.model) \
             if self.method.needs_ref else None
         self.stopwords = stopword_ids(self.tokenizer) if self.method.edit_mask else None
         self.share_prompts = not hp["gradient_checkpointing"]  # checkpointed layers keep no KV cache to share
         self.slot = {r["id"]: i for i, r in enumerate(self.records)}
-        self.inputs = {"base_weights": weights_digest(args.model, args.revision), "data": sha256_file(args.data),
+        self.inputs = {"base_weights": weights_digest(args.model, args.revision), "data": data_digest,
                        **template_digest(args.chat_template),
                        **({"refcache": self.reference.cache.sha256} if args.refcache else {})}
         self.fingerprint = checkpoint.fingerprint(hp, {**self.inputs, "world_size": self.world})
         self._resume()
+
+    def _encoded_records(self, data_digest: str) -> EncodedRecords:
+        """The records tokenised once, by the main process (workflow_scripts/encoded.py), then mapped by all."""
+        args, hp, folder = self.args, self.hp, Path(self.args.outdir) / "checkpoints" / "encoded"
+        n_negatives = negatives_required(hp["method"], hp)
+        fingerprint = {"tokenizer": tokenizer_digest(args.model, args.revision, args.chat_template), "data": data_digest,
+                       "negatives": n_negatives, "kl_pairs": self.method.kl_pairs,
+                       "settings": {k: hp.get(k) for k in ENCODING_KEYS}}
+        error = None
+        if self.accelerator.is_main_process:
+            try:
+                if encode_once(folder, fingerprint, self.tokenizer, self.records, n_negatives, hp,
+                               self.method.kl_pairs, args.data):
+                    print(f"encoded {len(self.records)} records once, for every process and epoch", flush=True)
+            except (InputError, ValueError) as e:
+                error = e
+        if _agree(self.accelerator, error is not None):
+            raise error or RuntimeError("the main process refused the data (its error is above)")
+        return EncodedRecords(folder, self.records, hp, self.method.kl_pairs, args.data)
 
     def _resume(self) -> None:
         """Progress from the newest intact checkpoint of this run, or from the start."""
@@ -210,24 +234,23 @@ class Trainer:
                         disable=not self.accelerator.is_main_process)
         for epoch in range(self.step // self.steps_per_epoch, self.hp["epochs"]):
             columns = negative_columns(self.hp["method"], self.hp, epoch)
-            examples, truncated = encode_examples(self.tokenizer, self.records, columns, self.hp,
-                                                  kl_pairs=self.method.kl_pairs, source=self.args.data)
             if self.step == epoch * self.steps_per_epoch:
-                self.n_truncated += truncated
-            order = torch.randperm(len(examples),
+                self.n_truncated += self.encoded.responses_truncated(columns)
+            order = torch.randperm(len(self.encoded),
                                    generator=torch.Generator().manual_seed(self.hp["seed"] + epoch)).tolist()
             for s in range(self.step - epoch * self.steps_per_epoch, self.steps_per_epoch):
-                batch = [examples[i] for i in order[s * self.hp["batch_size"]: (s + 1) * self.hp["batch_size"]]]
+                batch = order[s * self.hp["batch_size"]: (s + 1) * self.hp["batch_size"]]
                 self._optimizer_step(batch, columns, epoch + (s + 1) / self.steps_per_epoch,
                                      epoch_end=s == self.steps_per_epoch - 1)
                 self._checkpoint_if_due(_agree(self.accelerator, preemption.requested))
         self.bar.close()
         self._finish()
 
-    def _optimizer_step(self, batch: list, columns: list[int], epoch: float, epoch_end: bool) -> None:
-        """This process's micro-batches of one global batch, then one optimizer step, logged."""
+    def _optimizer_step(self, batch: list[int], columns: list[int], epoch: float, epoch_end: bool) -> None:
+        """This process's micro-batches of one global batch (record indices), then one optimizer step, logged."""
         micro, rank = self.hp["micro_batch_size"], self.accelerator.process_index
-        mine = batch[rank * self.accum * micro: (rank + 1) * self.accum * micro]
+        mine = [self.encoded.example(i, columns)
+                for i in batch[rank * self.accum * micro: (rank + 1) * self.accum * micro]]
         chunks = [mine[k * micro: (k + 1) * micro] for k in range(self.accum)]
         totals = self._accumulate(chunks, len(batch), columns)
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.hp["max_grad_norm"])
@@ -317,7 +340,7 @@ class Trainer:
 
 
 def _agree(accelerator, flag: bool) -> bool:
-    """True on every process when any process got a preemption signal."""
+    """True on every process when `flag` is true on any process (a preemption signal, a refused input)."""
     if accelerator.num_processes == 1:
         return flag
     return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
