@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test_evaluate import PARAMS, tasks_dir  # noqa: F401 (the toy lm-eval tasks, a fixture)
+
 from workflow_scripts import chat_templates, config as config_module, evaluate, generate
 from workflow_scripts.encoding import render_prompt
 from workflow_scripts.io import InputError
@@ -75,30 +77,15 @@ def test_generation_renders_through_the_configured_template(tiny_world, base_mod
     assert (tmp_path / "original.jsonl").read_text() == (tmp_path / "set.jsonl").read_text()
 
 
-def test_lm_eval_applies_the_configured_template(tiny_world, base_model, tmp_path):
-    from test_evaluate import PARAMS
-
+def test_lm_eval_applies_the_configured_template(tiny_world, base_model, tasks_dir, tmp_path):
     params = json.dumps({**PARAMS, "tasks": PARAMS["tasks"][:1]})  # the generative task
-    tasks = _toy_tasks(tmp_path)
     for name, model_args in (("original", [tiny_world[0]]), ("set", [base_model, "--chat-template", CHAT_TEMPLATE])):
-        evaluate.main(["--params", params, "--model", *model_args, "--tasks-dir", str(tasks),
+        evaluate.main(["--params", params, "--model", *model_args, "--tasks-dir", tasks_dir,
                        "--output", str(tmp_path / f"{name}.json")])
     original, set_ = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("original", "set"))
     assert original["scores"] == set_["scores"]
     prompts = [json.loads(line)["arguments"] for line in (tmp_path / "set.samples.jsonl").read_text().splitlines()]
     assert all("<|user|>" in json.dumps(p) for p in prompts)  # rendered through the chat template
-
-
-def _toy_tasks(tmp_path: Path) -> Path:
-    from workflow_scripts import lm_eval_tasks, synthetic
-
-    records = [{"id": f"toy-eval-{p['index']}", "prompt": [{"role": "user", "content": p["question"]}],
-                "chosen": p["answer"], "answer": p["answer"].rsplit("#### ", 1)[1]}
-               for p in synthetic.make_splits(11, {"eval": 6}, 20)["eval"]]
-    data = tmp_path / "eval.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    lm_eval_tasks.main(["--data", str(data), "--name", "toy", "--max-gen-toks", "8", "--outdir", str(tmp_path / "t")])
-    return tmp_path / "t"
 
 
 def test_the_rules_pass_the_template_to_every_stage_rendering_the_models_prompts(tmp_path):

@@ -1,14 +1,10 @@
 """Step-controlled (SCDPO) and bridged (DPO-BMC) pairs."""
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
+from kill_resume import killed_and_resumed
 from rapidfuzz.distance import Levenshtein
 
 from workflow_scripts import bridge, step_controlled, synthetic
@@ -16,7 +12,6 @@ from workflow_scripts.answers import check
 from workflow_scripts.io import InputError, read_jsonl
 from workflow_scripts.shards import shard_folder
 
-ROOT = Path(__file__).resolve().parents[1]
 
 SC_PARAMS = {"backend": "hf", "dtype": "float32", "batch_size": 64, "shard_size": 4, "max_model_len": None,
              "gpu_memory_utilization": 0.9, "system_prompt": None, "prompt_format": None, "top_p": 1.0,
@@ -197,18 +192,8 @@ def test_a_killed_bridge_resumes_from_its_shards_to_the_same_bytes(tiny_world, t
         return [sys.executable, "-m", "workflow_scripts.bridge", "--params", json.dumps(params), "--source", pairs_file,
                 "--editor", model, "--output", str(tmp_path / f"{name}.jsonl"), "--stats", str(tmp_path / f"{name}.stats.json")]
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    subprocess.run(command("whole"), env=env, cwd=ROOT, check=True, capture_output=True)
-    folder = shard_folder(tmp_path / "killed.jsonl")
-    proc = subprocess.Popen(command("killed"), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list(folder.glob("shard*.jsonl"))) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 3 <= len(list(folder.glob("shard*.jsonl"))) < 12 and not (tmp_path / "killed.jsonl").exists()
-    resumed = subprocess.run(command("killed"), env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    assert int(re.search(r"(\d+) shards resumed", resumed.stdout).group(1)) >= 3
+    resumed = killed_and_resumed(command, shard_folder(tmp_path / "killed.jsonl"), "shard*.jsonl")
+    assert int(re.search(r"(\d+) shards resumed", resumed).group(1)) >= 3
     for suffix in (".jsonl", ".stats.json"):
         assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes()
 

@@ -543,8 +543,7 @@ def test_a_base_model_without_a_template_trains_through_the_configured_one_and_k
 def test_a_killed_reference_cache_resumes_from_its_shards_to_the_same_bytes(tiny_world, tmp_path):
     """SIGKILL after some shards (KTO's cross-example pairs and per-token values included): no cache; the rerun
     reads the finished shards back and writes a cache byte-identical to an uninterrupted build."""
-    import signal
-    import time
+    from kill_resume import killed_and_resumed
 
     from workflow_scripts.shards import shard_folder
 
@@ -556,18 +555,9 @@ def test_a_killed_reference_cache_resumes_from_its_shards_to_the_same_bytes(tiny
         return [sys.executable, "-m", "workflow_scripts.refcache", "--params", json.dumps(settings), "--model", model,
                 "--data", data, "--output", str(tmp_path / f"{name}.safetensors")]
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    subprocess.run(command("whole"), env=env, cwd=ROOT, check=True, capture_output=True)
     folder = shard_folder(tmp_path / "killed.safetensors")
-    proc = subprocess.Popen(command("killed"), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list(folder.glob("shard*.safetensors"))) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 3 <= len(list(folder.glob("shard*.safetensors"))) < 12 and not (tmp_path / "killed.safetensors").exists()
-    resumed = subprocess.run(command("killed"), env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    assert int(re.search(r"(\d+) shards resumed", resumed.stdout).group(1)) >= 3 and not folder.exists()
+    resumed = killed_and_resumed(command, folder, "shard*.safetensors")
+    assert int(re.search(r"(\d+) shards resumed", resumed).group(1)) >= 3 and not folder.exists()
     for suffix in (".safetensors", ".json"):
         assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes(), suffix
 
