@@ -19,6 +19,7 @@ from workflow_scripts.models import load_model
 from .common import ROOT, machine, make_world
 from .kernels import loss_memory, matmul_parameters, peak_matmul_flops
 from .precision import precision_and_checkpointing, real_model
+from .scale import SIZES, measure_sizes
 from .trainer import BASE, cached_vs_live, dft_throughput, dpo_vs_trl
 from .workflow import embedded_default, planning
 
@@ -85,6 +86,13 @@ def table(r: dict) -> str:
     big = p["configs"][p["largest"]]
     rows.append((f"planning experiments/{p['largest']}.yaml", f"{big['jobs']} jobs in {big['seconds']:.1f} s", "< 10 s",
                  p["met"]))
+    if "scale" in r:
+        sizes = list(r["scale"]["sizes"])
+        for stage, ratio in r["scale"]["per_record_cost_ratio"].items():
+            costs = ", ".join(f"{int(n) // 1000}k: {r['scale']['sizes'][n][stage]['records_per_s']:.0f} rec/s, "
+                              f"{r['scale']['sizes'][n][stage]['peak_rss_mb']:.0f} MB" for n in sizes)
+            rows.append((f"{stage}: cost per record {int(sizes[-1]) // 1000}k / {int(sizes[0]) // 1000}k", f"{ratio:.2f}x "
+                         f"({costs})", "<= 1.2x (linear or better)", ratio <= 1.2))
     if "embedded_default" in r:
         e = r["embedded_default"]
         rows.append(("embedded default", f"{e['wall_s'] / 60:.1f} min, {e['jobs']} jobs", "< 10 min", e["wall_s"] < 600))
@@ -101,6 +109,7 @@ def table(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-default", action="store_true", help="leave out the embedded default run")
+    parser.add_argument("--skip-scale", action="store_true", help="leave out the 4k / 61k / 395k-record stages")
     args = parser.parse_args()
     torch.manual_seed(0)
     results = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -114,6 +123,8 @@ def main() -> None:
         results["precision"] = precision_and_checkpointing(real_model(Path(tmp)) or model, data)
     results["loss_memory"] = loss_memory()
     results["planning"] = planning()
+    if not args.skip_scale:
+        results["scale"] = measure_sizes(SIZES)
     if not args.skip_default:
         results["embedded_default"] = embedded_default()
     write_json(ROOT / "bench/results.json", results)
