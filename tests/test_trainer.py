@@ -566,7 +566,7 @@ def test_a_killed_reference_cache_resumes_from_its_shards_to_the_same_bytes(tiny
 def test_records_encoded_once_give_each_epochs_examples_and_truncations(tiny_world, tmp_path, method, extra):
     """The trainer's memory-mapped encoding (once per run) builds exactly the examples the reference cache
     tokenises (KTO's mismatched rows and DFT's per-epoch negatives included) and counts the same truncations;
-    a second run reuses it, another fingerprint rebuilds it."""
+    a second run reuses it, another fingerprint or a damaged record of it rebuilds it."""
     from workflow_scripts.data import read_pairs
     from workflow_scripts.encoded import EncodedRecords, encode_once
     from workflow_scripts.encoding import encode_examples
@@ -584,4 +584,6 @@ def test_records_encoded_once_give_each_epochs_examples_and_truncations(tiny_wor
         examples, truncated = encode_examples(tok, records, columns, hp, kl_pairs=kl, source=data)
         assert [encoded.example(i, columns) for i in range(len(records))] == examples
         assert encoded.responses_truncated(columns) == truncated > 0
+    assert encode_once(folder, {"run": 2}, tok, records, n, hp, kl, data)
+    (folder / "fingerprint.json").write_text("{")  # damaged: encoded again, not refused
     assert encode_once(folder, {"run": 2}, tok, records, n, hp, kl, data)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .encoding import Example, join_example, record_segments
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, write_json
+from .shards import recorded_fingerprint
 
 
 class EncodedRecords:
@@ -51,7 +52,7 @@ def encode_once(folder: Path, fingerprint: dict, tokenizer, records: list[dict],
     """Write the encoded records into `folder` unless it holds them under the same fingerprint; every example
     the run can build is joined once here, so a prompt the recipe refuses stops the run before it trains.
     Returns whether it encoded."""
-    if (folder / "fingerprint.json").is_file() and read_json(folder / "fingerprint.json") == fingerprint:
+    if recorded_fingerprint(folder / "fingerprint.json") == fingerprint:
         return False
     shutil.rmtree(folder, ignore_errors=True)
     width, columns = 2 + n_negatives, list(range(n_negatives))

@@ -63,14 +63,15 @@ def kept_folder(folder: Path, fingerprint) -> Path:
     """The folder of a job's finished work, emptied first when that work was done under another fingerprint
     (other settings, data or model), or its record of it is damaged."""
     meta = folder / "fingerprint.json"
-    if folder.exists() and _fingerprint(meta) != fingerprint:
+    if folder.exists() and recorded_fingerprint(meta) != fingerprint:
         shutil.rmtree(folder)
     if not meta.exists():
         write_json(meta, fingerprint)
     return folder
 
 
-def _fingerprint(meta: Path) -> dict | None:
+def recorded_fingerprint(meta: Path) -> dict | None:
+    """The fingerprint a folder of finished work records, or None when it is absent or damaged."""
     try:
         return read_json(meta)
     except InputError:
