@@ -17,6 +17,7 @@ from workflow_scripts.config import (
     run_hyperparameters, runs_model_here,
 )
 from workflow_scripts.imports import import_closure
+from workflow_scripts.io import atomic_path
 from workflow_scripts.nltk_data import RESOURCE, needs_punkt
 
 try:
@@ -66,10 +67,8 @@ def json_file(obj):
     text = js(obj)
     path = os.path.join(".snakemake", "json_arguments", hashlib.sha256(text.encode()).hexdigest() + ".json")
     if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
-            f.write(text)
-        os.replace(f"{path}.{os.getpid()}.tmp", path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     return path
 
 

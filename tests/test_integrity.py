@@ -128,3 +128,18 @@ def test_the_weights_digest_covers_pytorch_bin_weights_and_refuses_a_folder_with
     (model / "pytorch_model.bin").unlink()
     with pytest.raises(InputError, match=re.escape(f"{model}: no weight files (*.safetensors, *.bin)")):
         weights_digest(str(model))
+
+
+def test_a_stream_that_fails_mid_way_leaves_the_earlier_file_and_its_digest(tmp_path):
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, [{"id": "a"}])
+    before = (path.read_bytes(), (tmp_path / "out.jsonl.sha256").read_text())
+
+    def failing():
+        yield {"id": "b"}
+        raise InputError("src.jsonl", "bad record", 2, "id")
+
+    with pytest.raises(InputError, match="src.jsonl, line 2"):
+        write_jsonl(path, failing())
+    assert (path.read_bytes(), (tmp_path / "out.jsonl.sha256").read_text()) == before
+    assert read_jsonl(path) == [{"id": "a"}]  # still checks against its record

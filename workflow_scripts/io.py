@@ -93,15 +93,16 @@ def check_digest(path: str | os.PathLike, digest: str) -> None:
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
-    """Write records atomically, one JSON object a line, and record the file's digest beside it."""
+    """Write records atomically, one JSON object a line, and record the file's digest beside it. `records` may
+    be a stream that fails mid-way: then neither an earlier file at `path` nor its digest record is touched."""
     n, h = 0, hashlib.sha256()
-    forget_digest(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for record in records:
             line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode()
             f.write(line)
             h.update(line)
             n += 1
+        forget_digest(path)  # the old record goes only when the new content is whole
     record_digest(path, h.hexdigest())
     return n
 

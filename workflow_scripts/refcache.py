@@ -31,12 +31,13 @@ from .shards import kept_folder, shard_folder
 SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "response_format", "token_level", "kl_pairs")
 
 
-def expected_digests(model: str, revision: str | None, data: str, settings: dict,
+def expected_digests(model: str, revision: str | None, data_digest: str, settings: dict,
                      chat_template: str | None = None) -> dict:
+    """What a cache depends on (`data_digest`: the sha256 of its data file, which the caller has hashed)."""
     return {
         "reference_weights": weights_digest(model, revision),
         "tokenizer": tokenizer_digest(model, revision, chat_template),
-        "data": sha256_file(data),
+        "data": data_digest,
         "settings": json.dumps({k: settings.get(k) for k in SETTINGS}, sort_keys=True),
     }
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = json.loads(args.params)
-    digests = expected_digests(args.model, args.revision, args.data, settings, args.chat_template)
+    digests = expected_digests(args.model, args.revision, sha256_file(args.data), settings, args.chat_template)
     reference = ReferenceModel(args.model, args.revision, settings, args.trust_remote_code, args.chat_template)
     tensors, ids, n_truncated, resumed = build(reference, args.data, settings, args.output, {"params": settings, **digests})
     meta_path = args.output.removesuffix(".safetensors") + ".json"

@@ -116,10 +116,10 @@ def _prepared_policy(accelerator, args, hp: dict, total_steps: int):
 class Reference:
     """Reference log-probs of a micro-batch: from the cache, a live model, or the policy without adapters."""
 
-    def __init__(self, args, hp: dict, method, accelerator, policy):
+    def __init__(self, args, hp: dict, method, accelerator, policy, data_digest: str):
         self.method, self.cache, self.model, self.policy = method, None, None, None
         if args.refcache:
-            expected = expected_digests(args.ref_model, args.ref_revision, args.data, refcache_settings(hp),
+            expected = expected_digests(args.ref_model, args.ref_revision, data_digest, refcache_settings(hp),
                                         args.chat_template)
             self.cache = RefCache(args.refcache, expected)
         elif hp.get("lora") and args.ref_model == args.model and args.ref_revision == args.revision:
@@ -185,7 +185,7 @@ class Trainer:
         data_digest = sha256_file(args.data)
         self.encoded = self._encoded_records(data_digest)
         self.model, self.optimizer, self.scheduler = _prepared_policy(self.accelerator, args, hp, self.total_steps)
-        self.reference = Reference(args, hp, self.method, self.accelerator, self.model) \
+        self.reference = Reference(args, hp, self.method, self.accelerator, self.model, data_digest) \
             if self.method.needs_ref else None
         self.stopwords = stopword_ids(self.tokenizer) if self.method.edit_mask else None
         self.share_prompts = not hp["gradient_checkpointing"]  # checkpointed layers keep no KV cache to share
