@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import random
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +18,17 @@ from workflow_scripts.tiny_world import train_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def commit() -> str:
+    """The checkout's commit, marked `-dirty` when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
+    return (head.strip() or "unknown") + ("-dirty" if dirty else "")
+
+
 def machine() -> dict:
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "threads": torch.get_num_threads(), "commit": commit(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                            if line.startswith("model name"))

@@ -1,4 +1,6 @@
-"""Generation throughput of one backend (run inside that backend's environment; prints JSON)."""
+"""Generation throughput of one backend at several request counts (run inside that backend's
+environment; prints JSON). Requests cycle through the data's prompts, each with its own seed
+(backends.request_seed of the request's index), the same on every backend."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +19,7 @@ def main() -> None:
     parser.add_argument("--backend", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
+    parser.add_argument("--requests", type=int, nargs="+", default=[48, 256])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
@@ -24,14 +27,18 @@ def main() -> None:
     backend = load_backend(args.backend, args.model, None, p)
     settings = Sampling(1.0, 1.0, 0, args.max_new_tokens)
     records = read_pairs(args.data)
-    requests = [Request(prompt_ids(backend.tokenizer, r, {}), request_seed(r["id"], 0), settings) for r in records]
-    backend.generate(requests[:8])  # warm-up
-    start = time.perf_counter()
-    done = backend.generate(requests)
-    seconds = time.perf_counter() - start
-    tokens = sum(len(backend.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in done)
-    print(json.dumps({"backend": args.backend, "requests": len(requests), "new_tokens": tokens, "seconds": seconds,
-                      "tokens_per_s": tokens / seconds, "threads": torch.get_num_threads()}))
+    prompts = [prompt_ids(backend.tokenizer, r, {}) for r in records]
+    backend.generate([Request(prompts[i], request_seed(f"warm-{i}", 0), settings) for i in range(8)])  # warm-up
+    out = {"backend": args.backend, "threads": torch.get_num_threads(), "runs": {}}
+    for n in args.requests:
+        requests = [Request(prompts[i % len(prompts)], request_seed(f"request-{i}", 0), settings) for i in range(n)]
+        start = time.perf_counter()
+        done = backend.generate(requests)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(backend.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in done)
+        out["runs"][str(n)] = {"requests": n, "new_tokens": tokens, "seconds": seconds,
+                               "tokens_per_s": tokens / seconds, "requests_per_s": n / seconds}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,13 @@ def matmul_parameters(model) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
 
 
+def training_flops(model, computed_tokens: int, mean_len: float) -> float:
+    """Model FLOPs of training on `computed_tokens` tokens (forward + backward: 6 N per token, N the matmul
+    parameters, plus 12 L d T for the attention scores at mean row length T; recomputation not counted)."""
+    cfg = model.config
+    return computed_tokens * (6 * matmul_parameters(model) + 12 * cfg.num_hidden_layers * cfg.hidden_size * mean_len)
+
+
 def _status_bytes(field: str) -> int:
     """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc/self/status."""
     with open("/proc/self/status") as f:
@@ -44,6 +51,24 @@ def _status_bytes(field: str) -> int:
 def _reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
         f.write("5")
+
+
+class StepPeaks:
+    """Each training step's peak memory over the memory held when it began (call `begin` and `end` around
+    a step); the first step, which allocates the gradients and the optimizer's state, is left out."""
+
+    def __init__(self):
+        self.peaks, self.before = [], 0
+
+    def begin(self) -> None:
+        _reset_peak()
+        self.before = _status_bytes("VmRSS")
+
+    def end(self) -> None:
+        self.peaks.append(_status_bytes("VmHWM") - self.before)
+
+    def step_peak(self) -> int | None:
+        return max(self.peaks[1:], default=None)
 
 
 def loss_memory_child(variant: str, b: int, t: int, v: int) -> dict:
