@@ -363,6 +363,9 @@ def test_shared_prompt_forward_equals_one_forward_per_row(attn):
         results.append((logps.detach(), mask, ids, [p.grad.clone() for p in model.parameters()]))
     (shared, s_mask, s_ids, s_grads), (flat, f_mask, f_ids, f_grads) = results
     assert torch.equal(s_mask, f_mask) and torch.equal(s_ids, f_ids) and s_mask.sum() > 0
+    with torch.no_grad():  # both paths run the LM head only where a scored token is predicted: against the full logits
+        full = model(input_ids=f_ids, attention_mask=(f_ids != 0).long()).logits.log_softmax(-1)
+    assert torch.allclose(flat, full[:, :-1].gather(-1, f_ids[:, 1:, None]).squeeze(-1) * f_mask, rtol=0, atol=1e-12)
     # eager attention takes its softmax in float32 (transformers' eager_attention_forward), whose sums run
     # in another order at other padded widths on some CPUs (1.6e-8 measured on an AVX2-only EPYC); sdpa's is float64
     assert torch.allclose(shared, flat, rtol=0, atol=1e-12 if attn == "sdpa" else 1e-7)

@@ -207,11 +207,17 @@ class Forward:
 
 
 def _rows_logps(model, seqs: list[Encoded], pad_id: int):
+    """The rows' per-token log-probs in one forward; the LM head runs only from the position before the
+    batch's first response token (the positions before it predict nothing that is scored)."""
     batch = pad_batch(seqs, pad_id)
     device = next(model.parameters()).device
-    ids = batch["input_ids"].to(device)
-    logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
-    logps, mask = token_logps(logits, ids, batch["loss_mask"].to(device))
+    ids, loss_mask = batch["input_ids"].to(device), batch["loss_mask"].to(device)
+    scored = loss_mask.any(0).nonzero()
+    start = max(int(scored[0]) - 1, 0) if len(scored) else 0
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device), use_cache=False,
+                   logits_to_keep=ids.shape[1] - start).logits
+    mask = loss_mask[:, 1:]
+    logps = torch.nn.functional.pad(LabelLogProbs.apply(logits, ids[:, start + 1:]), (start, 0)) * mask
     return logps, mask, ids
 
 
@@ -236,7 +242,10 @@ def _shared_prompt_logps(model, examples: list[Example], pad_id: int):
     # right padding: no query row is fully masked (left padding's would be NaN)
     prompts = pad_batch([Encoded(e.chosen.ids[: e.chosen.n_prompt], 0, False) for e in examples], pad_id)
     prompt_mask = prompts["attention_mask"].to(device)
-    first = model(input_ids=prompts["input_ids"].to(device), attention_mask=prompt_mask, use_cache=True)
+    last_positions = n_prompt - 1
+    keep = torch.unique(last_positions)  # the LM head runs only where a prompt ends
+    first = model(input_ids=prompts["input_ids"].to(device), attention_mask=prompt_mask, use_cache=True,
+                  logits_to_keep=keep)
     cache = first.past_key_values
     cache.batch_repeat_interleave(k)  # example-major rows: example i's responses are rows i*k .. i*k + k - 1
     responses = pad_batch([Encoded(e.rows[j].ids[e.rows[j].n_prompt:], 0, False) for e in examples for j in range(k)],
@@ -248,7 +257,7 @@ def _shared_prompt_logps(model, examples: list[Example], pad_id: int):
                    position_ids=starts + torch.arange(r_width, device=device), past_key_values=cache,
                    use_cache=True).logits
     # the last prompt position predicts the first response token
-    last = first.logits[torch.arange(b, device=device), n_prompt - 1].repeat_interleave(k, 0)
+    last = first.logits[torch.arange(b, device=device), torch.searchsorted(keep, last_positions)].repeat_interleave(k, 0)
     head = torch.log_softmax(last.to(work_dtype(last.dtype)), -1)
     logps = torch.cat([head.gather(-1, r_ids[:, :1]), LabelLogProbs.apply(logits, r_ids[:, 1:])], 1) * r_mask
     # into the flat layout: response token i of a row sits at position n_prompt - 1 + i
