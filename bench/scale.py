@@ -36,7 +36,7 @@ def peak_rss_mb() -> float:
 
 def child(stage: str, args: list[str]) -> None:
     """One stage in this fresh process: its time without the imports, and the process's peak memory."""
-    from workflow_scripts.data import read_pairs
+    from workflow_scripts.data import iter_pairs
     from workflow_scripts.encoded import encode_once
     from workflow_scripts.merge import main as merge_main
     from workflow_scripts.models import load_tokenizer
@@ -46,8 +46,10 @@ def child(stage: str, args: list[str]) -> None:
         merge_main(args)
     else:
         model, data, folder = args
-        encode_once(Path(folder), {}, load_tokenizer(model), read_pairs(data, NEGATIVES), NEGATIVES, SETTINGS, False,
-                    data)
+        # as the trainer does: every process a pass for the keys, the main one a second pass that encodes
+        keys = [(r["id"], r.get("label")) for r in iter_pairs(data, NEGATIVES)]
+        encode_once(Path(folder), {}, load_tokenizer(model), iter_pairs(data, NEGATIVES), len(keys), NEGATIVES,
+                    SETTINGS, False, data)
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
                       "rss_after_imports_mb": base}))
 

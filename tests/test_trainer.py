@@ -576,14 +576,14 @@ def test_records_encoded_once_give_each_epochs_examples_and_truncations(tiny_wor
     hp = hp_for(method, max_length=40, max_prompt_length=8, **extra)
     n, kl = negatives_required(method, hp), METHODS[method].kl_pairs
     tok, records, folder = load_tokenizer(model), read_pairs(data, n), tmp_path / "encoded"
-    assert encode_once(folder, {"run": 1}, tok, records, n, hp, kl, data)
-    assert not encode_once(folder, {"run": 1}, tok, records, n, hp, kl, data)
-    encoded = EncodedRecords(folder, records, hp, kl, data)
+    assert encode_once(folder, {"run": 1}, tok, iter(records), len(records), n, hp, kl, data)
+    assert not encode_once(folder, {"run": 1}, tok, iter(records), len(records), n, hp, kl, data)
+    encoded = EncodedRecords(folder, [(r["id"], r.get("label")) for r in records], hp, kl, data)
     for epoch in range(hp["epochs"]):
         columns = negative_columns(method, hp, epoch)
         examples, truncated = encode_examples(tok, records, columns, hp, kl_pairs=kl, source=data)
         assert [encoded.example(i, columns) for i in range(len(records))] == examples
         assert encoded.responses_truncated(columns) == truncated > 0
-    assert encode_once(folder, {"run": 2}, tok, records, n, hp, kl, data)
+    assert encode_once(folder, {"run": 2}, tok, iter(records), len(records), n, hp, kl, data)
     (folder / "fingerprint.json").write_text("{")  # damaged: encoded again, not refused
-    assert encode_once(folder, {"run": 2}, tok, records, n, hp, kl, data)
+    assert encode_once(folder, {"run": 2}, tok, iter(records), len(records), n, hp, kl, data)

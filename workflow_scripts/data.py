@@ -14,10 +14,13 @@ import argparse
 import json
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from .conversations import ROLES, ConversationError, check_mapped_turns
-from .io import InputError, read_json, read_jsonl, read_jsonl_numbered, require_unique_ids, run_cli, write_jsonl
+from .io import (
+    InputError, iter_jsonl_numbered, read_json, read_jsonl_numbered, require_unique_ids, run_cli, write_jsonl,
+)
 from .pin_revisions import require_pinned
 
 
@@ -253,6 +256,12 @@ def read_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = Fals
     With `need`, every record must hold that many negatives; with `labelled`, a `label`; `reader` (who
     reads them) goes into the error.
     """
+    return list(iter_pairs(path, need, reader, labelled))
+
+
+def iter_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = False) -> Iterator[dict]:
+    """read_pairs's records one at a time: memory of one record and the ids seen so far; an error names
+    the file's line."""
     def validate(record, error):
         validate_record(record, error)
         if "negatives" in record:
@@ -260,11 +269,11 @@ def read_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = Fals
             if not isinstance(negs, list) or not all(isinstance(n, str) for n in negs):
                 raise error("must be a list of strings", "negatives")
 
-    records = read_jsonl(path, validate)
-    if not records:
-        raise InputError(path, f"no records; {reader} needs at least one")
-    require_unique_ids(path, records)
-    for lineno, r in enumerate(records, start=1):
+    seen: dict[str, int] = {}
+    for lineno, r in iter_jsonl_numbered(path, validate):
+        if r["id"] in seen:
+            raise InputError(path, f"duplicate id {r['id']!r} (first on line {seen[r['id']]})", lineno, "id")
+        seen[r["id"]] = lineno
         if "negatives" not in r:
             r["negatives"] = [r["rejected"]] if "rejected" in r else []
         if labelled and "label" not in r:
@@ -273,7 +282,9 @@ def read_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = Fals
         if len(r["negatives"]) < need:
             raise InputError(path, f"id {r['id']!r} holds {len(r['negatives'])} negatives; {reader} needs {need}",
                              lineno, "negatives")
-    return records
+        yield r
+    if not seen:
+        raise InputError(path, f"no records; {reader} needs at least one")
 
 
 def main(argv: list[str] | None) -> None:

@@ -27,7 +27,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from . import chat_templates, checkpoint, tracking
 from .bmc import edit_masks, stopword_ids
-from .data import read_pairs
+from .data import iter_pairs
 from .distributed import make_accelerator, precision, prepare_reference, start_processes
 from .encoded import EncodedRecords, encode_once
 from .encoding import forward_logps
@@ -170,12 +170,10 @@ class Trainer:
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.world:
             raise RuntimeError(f"the launcher started {launched} processes but accelerate sees {self.world}")
-        self.records = read_pairs(args.data, negatives_required(hp["method"], hp),
-                                  f"run '{args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "
-                                  f"sample={hp.get('sample', False)})", labelled=bool(hp.get("unpaired")))
-        self.accum, self.steps_per_epoch = plan_batches(len(self.records), hp, self.world)
+        self.keys = [(r["id"], r.get("label")) for r in self._records()]  # each process: keys, not texts
+        self.accum, self.steps_per_epoch = plan_batches(len(self.keys), hp, self.world)
         if self.steps_per_epoch == 0:
-            raise InputError(args.data, f"{len(self.records)} examples are fewer than one batch of {hp['batch_size']}")
+            raise InputError(args.data, f"{len(self.keys)} examples are fewer than one batch of {hp['batch_size']}")
         trackers = tracking.tracker_names(args.report_to)
         self.accelerator = make_accelerator(hp, self.accum, trackers, f"{args.outdir}/tracking")
         tracking.start(self.accelerator, trackers, args.project, f"{args.run}/seed{hp['seed']}", hp)
@@ -189,12 +187,19 @@ class Trainer:
             if self.method.needs_ref else None
         self.stopwords = stopword_ids(self.tokenizer) if self.method.edit_mask else None
         self.share_prompts = not hp["gradient_checkpointing"]  # checkpointed layers keep no KV cache to share
-        self.slot = {r["id"]: i for i, r in enumerate(self.records)}
+        self.slot = {key[0]: i for i, key in enumerate(self.keys)}
         self.inputs = {"base_weights": weights_digest(args.model, args.revision), "data": data_digest,
                        **template_digest(args.chat_template),
                        **({"refcache": self.reference.cache.sha256} if args.refcache else {})}
         self.fingerprint = checkpoint.fingerprint(hp, {**self.inputs, "world_size": self.world})
         self._resume()
+
+    def _records(self):
+        """The run's records, validated, one at a time (data.iter_pairs)."""
+        hp = self.hp
+        return iter_pairs(self.args.data, negatives_required(hp["method"], hp),
+                          f"run '{self.args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "
+                          f"sample={hp.get('sample', False)})", labelled=bool(hp.get("unpaired")))
 
     def _encoded_records(self, data_digest: str) -> EncodedRecords:
         """The records tokenised once, by the main process (workflow_scripts/encoded.py), then mapped by all."""
@@ -206,20 +211,20 @@ class Trainer:
         error = None
         if self.accelerator.is_main_process:
             try:
-                if encode_once(folder, fingerprint, self.tokenizer, self.records, n_negatives, hp,
+                if encode_once(folder, fingerprint, self.tokenizer, self._records(), len(self.keys), n_negatives, hp,
                                self.method.kl_pairs, args.data):
-                    print(f"encoded {len(self.records)} records once, for every process and epoch", flush=True)
+                    print(f"encoded {len(self.keys)} records once, for every process and epoch", flush=True)
             except (InputError, ValueError) as e:
                 error = e
         if _agree(self.accelerator, error is not None):
             raise error or RuntimeError("the main process refused the data (its error is above)")
-        return EncodedRecords(folder, self.records, hp, self.method.kl_pairs, args.data)
+        return EncodedRecords(folder, self.keys, hp, self.method.kl_pairs, args.data)
 
     def _resume(self) -> None:
         """Progress from the newest intact checkpoint of this run, or from the start."""
         self.log, self.step, self.n_truncated = [], 0, 0
-        state = {"u": torch.zeros(len(self.records), dtype=torch.float64),
-                 "visited": torch.zeros(len(self.records), dtype=torch.float64)}
+        state = {"u": torch.zeros(len(self.keys), dtype=torch.float64),
+                 "visited": torch.zeros(len(self.keys), dtype=torch.float64)}
         self.resumed_from = checkpoint.latest(self.accelerator, self.args.outdir, self.fingerprint)
         if self.resumed_from is not None:
             saved, loaded = checkpoint.load(self.accelerator, self.resumed_from)
@@ -335,7 +340,7 @@ class Trainer:
                 "device": str(self.accelerator.device), "world_size": self.world,
                 "gradient_accumulation_steps": self.accum, "effective_global_batch": self.hp["batch_size"],
                 "optimizer_steps": self.total_steps, "examples_per_epoch": per_epoch,
-                "examples_dropped_per_epoch": len(self.records) - per_epoch, "responses_truncated": self.n_truncated,
+                "examples_dropped_per_epoch": len(self.keys) - per_epoch, "responses_truncated": self.n_truncated,
                 "resumed_from_step": int(self.resumed_from.name[4:]) if self.resumed_from else None}
 
 
