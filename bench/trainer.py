@@ -32,8 +32,7 @@ def tokens_processed(model: str, data: str, hp: dict) -> tuple[int, int]:
     rows = computed = 0
     for epoch in range(hp["epochs"]):  # the examples the trainer draws (its seeded order, last partial batch dropped)
         examples, _ = encode_examples(tok, records, negative_columns(hp["method"], hp, epoch), hp)
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(hp["seed"] + epoch))[:used]
-        for i in order.tolist():
+        for i in train.epoch_order(len(examples), hp["seed"], epoch)[:used]:
             ex = examples[i]
             rows += sum(len(r.ids) for r in ex.rows)
             shared = ex.chosen.n_prompt if shared_prompt(ex.rows) else 0

@@ -30,6 +30,7 @@ from workflow_scripts.config import negative_columns, negatives_required
 from workflow_scripts.data import read_pairs
 from workflow_scripts.encoding import encode_examples, render_prompt
 from workflow_scripts.models import load_model, load_tokenizer
+from workflow_scripts.train import epoch_order
 
 from .common import ROOT
 from .kernels import StepPeaks, _status_bytes
@@ -53,17 +54,12 @@ def our_rows(model: str, data: str, hp: dict) -> list[tuple[list[int], list[int]
     return rows
 
 
-def epoch_order(n: int, hp: dict) -> list[int]:
-    """Our trainer's order of the records in epoch 0 (TRL's side reads them in it, sequentially)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(hp["seed"])).tolist()
-
-
 def trl_texts(tok, records: list[dict], hp: dict) -> list[dict]:
     """Each record as TRL's non-conversational rows: our rendered prompt (less a BOS text that the
     tokenizer adds again itself) and the responses, in our epoch-0 order."""
     adds_bos = tok.bos_token_id is not None and tok("x")["input_ids"][:1] == [tok.bos_token_id]
     out = []
-    for i in epoch_order(len(records), hp):
+    for i in epoch_order(len(records), hp["seed"], 0):  # TRL's side reads our epoch 0 in order
         r = records[i]
         prompt = render_prompt(tok, r["prompt"], prompt_format=hp.get("prompt_format"))
         if adds_bos and prompt.startswith(tok.bos_token):

@@ -160,6 +160,11 @@ class Preemption:
         self.requested = True
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order in which an epoch reads the run's n records (seeded per epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+
+
 class Trainer:
     """One run on this process: its data, policy, reference and progress. `run()` trains to the end (then
     saves the model and the run's records) or to a preemption (then checkpoints and exits for requeue)."""
@@ -241,8 +246,7 @@ class Trainer:
             columns = negative_columns(self.hp["method"], self.hp, epoch)
             if self.step == epoch * self.steps_per_epoch:
                 self.n_truncated += self.encoded.responses_truncated(columns)
-            order = torch.randperm(len(self.encoded),
-                                   generator=torch.Generator().manual_seed(self.hp["seed"] + epoch)).tolist()
+            order = epoch_order(len(self.encoded), self.hp["seed"], epoch)
             for s in range(self.step - epoch * self.steps_per_epoch, self.steps_per_epoch):
                 batch = order[s * self.hp["batch_size"]: (s + 1) * self.hp["batch_size"]]
                 self._optimizer_step(batch, columns, epoch + (s + 1) / self.steps_per_epoch,
