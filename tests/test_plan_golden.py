@@ -5,7 +5,7 @@ the copies (`UPDATE_GOLDEN_PLANS=1 pytest tests/test_plan_golden.py`) and the di
 
 Left out: job ids, timestamps and reasons (they depend on the order snakemake visits the DAG), and the
 repository's own files among a job's inputs (the code a job depends on: moving a function to another
-module changes them, not the plan)."""
+module changes them, not the plan), and the width of the blanks between a shell command's words."""
 from __future__ import annotations
 
 import os
@@ -33,8 +33,8 @@ def job_blocks(text: str, workdir: Path) -> list[str]:
         kept = []
         for i, line in enumerate(lines):
             key = line.split(":", 1)[0]
-            if key == "Shell command":  # the command, with any lines it continues on
-                kept += lines[i:]
+            if key == "Shell command":  # the command, with any lines it continues on; runs of blanks as one
+                kept += [" ".join(line.split()) for line in lines[i:]]
                 break
             if key == "input":
                 files = [f.strip() for f in line.split(":", 1)[1].split(", ")]
