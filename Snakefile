@@ -45,8 +45,8 @@ localrules:
 
 rule all:
     input:
-        table_outputs(),
-        plot_outputs(),
-        card_outputs(),
+        P.outputs.tables(),
+        P.outputs.plots(),
+        P.outputs.cards(),
         f"{R}/manifest.json",
     default_target: True

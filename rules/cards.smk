@@ -12,7 +12,7 @@ rule model_card:
     input:
         script=code("model_card"),
         run=f"{R}/train/{{run}}/seed{{seed}}/run.json",
-        evals=lambda w: [f"{R}/eval/{w.run}/seed{w.seed}/{e}.json" for e in instance_evals(f"{w.run}/seed{w.seed}")],
+        evals=P.outputs.card_evals,
     output:
         f"{R}/train/{{run}}/seed{{seed}}/model_card.md",
     log:
@@ -31,7 +31,7 @@ rule push:
     output:
         f"{R}/pushed/{{run}}/seed{{seed}}.json",
     params:
-        repo=push_repo,
+        repo=P.outputs.push_repo,
         private="--private" if config["push"]["private"] else "",
     log:
         f"{R}/logs/push/{{run}}/seed{{seed}}.log",

@@ -4,12 +4,12 @@
 rule data:
     input:
         script=code("data"),
-        source=data_source,
+        source=P.world.data_source,
     output:
         f"{R}/data/{{dataset}}/{{split}}.jsonl",
     params:
-        spec=lambda w: js(config["datasets"][w.dataset]),
-        source=data_source_arg,
+        spec=P.world.dataset_spec,
+        source=P.world.data_source_arg,
     log:
         f"{R}/logs/data/{{dataset}}/{{split}}.log",
     conda:

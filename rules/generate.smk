@@ -4,17 +4,15 @@
 rule generate:
     input:
         script=code("generate"),
-        data=lambda w: split_file(config["generations"][w.generation]["dataset"], config["generations"][w.generation]["split"]),
-        model=lambda w: model_location(config["generations"][w.generation]["model"])[2],
+        data=P.generation.data,
+        model=P.generation.model.files,
     output:
         f"{R}/generate/{{generation}}/seed{{seed}}.jsonl",
     params:
-        python=lambda w: generate_python(config["generations"][w.generation]),
-        spec=generation_params,
-        model=lambda w: model_location(config["generations"][w.generation]["model"])[0],
-        revision=lambda w: revision_arg(model_location(config["generations"][w.generation]["model"])[1]),
-        flags=lambda w: model_flags(config["generations"][w.generation]["model"]),
-    threads: lambda w: config["generations"][w.generation]["threads"]
+        python=P.generation.python,
+        spec=P.generation.spec,
+        model=P.generation.model.args,
+    threads: lookup(dpath="generations/{generation}/threads", within=config)
     log:
         f"{R}/logs/generate/{{generation}}/seed{{seed}}.log",
     benchmark:
@@ -22,21 +20,19 @@ rule generate:
     conda:
         "../envs/generate.yaml"
     shell:
-        "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
-        "{params.flags} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
+        "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} {params.model} "
+        "--seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 
 rule merge:
     input:
         script=code("merge"),
-        data=lambda w: split_file(config["generations"][w.generation]["dataset"], config["generations"][w.generation]["split"]),
-        seeds=lambda w: [f"{R}/generate/{w.generation}/seed{s}.jsonl"
-                         for s in config["generations"][w.generation]["seeds"]],
+        data=P.generation.data,
+        seeds=P.generation.seed_files,
     output:
         f"{R}/merge/{{generation}}.jsonl",
     params:
-        limit=lambda w: (f"--limit {config['generations'][w.generation]['limit']}"
-                         if config["generations"][w.generation]["limit"] else ""),
+        limit=P.generation.limit,
     log:
         f"{R}/logs/merge/{{generation}}.log",
     conda:

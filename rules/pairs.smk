@@ -6,17 +6,15 @@
 rule step_controlled_generate:
     input:
         script=code("step_controlled"),
-        data=lambda w: split_file(config["step_controlled"][w.pairs]["dataset"], config["step_controlled"][w.pairs]["split"]),
-        model=lambda w: model_location(config["step_controlled"][w.pairs]["model"])[2],
+        data=P.step_controlled.data,
+        model=P.step_controlled.model.files,
     output:
         f"{R}/step_controlled/{{pairs}}/seed{{seed}}.jsonl",
     params:
-        python=lambda w: generate_python(config["step_controlled"][w.pairs]),
-        spec=lambda w: engine_params(config["step_controlled"][w.pairs], ("seeds", "model", "dataset")),
-        model=lambda w: model_location(config["step_controlled"][w.pairs]["model"])[0],
-        revision=lambda w: revision_arg(model_location(config["step_controlled"][w.pairs]["model"])[1]),
-        flags=lambda w: model_flags(config["step_controlled"][w.pairs]["model"]),
-    threads: lambda w: config["step_controlled"][w.pairs]["threads"]
+        python=P.step_controlled.python,
+        spec=P.step_controlled.spec,
+        model=P.step_controlled.model.args,
+    threads: lookup(dpath="step_controlled/{pairs}/threads", within=config)
     log:
         f"{R}/logs/step_controlled/{{pairs}}/seed{{seed}}.log",
     benchmark:
@@ -25,18 +23,18 @@ rule step_controlled_generate:
         "../envs/generate.yaml"
     shell:
         "{params.python} -m workflow_scripts.step_controlled generate --params {params.spec:q} --data {input.data} "
-        "--model {params.model} {params.revision} {params.flags} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
+        "{params.model} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 
 rule step_controlled_pairs:
     input:
         script=code("step_controlled"),
-        data=lambda w: split_file(config["step_controlled"][w.pairs]["dataset"], config["step_controlled"][w.pairs]["split"]),
-        seeds=lambda w: [f"{R}/step_controlled/{w.pairs}/seed{s}.jsonl" for s in config["step_controlled"][w.pairs]["seeds"]],
+        data=P.step_controlled.data,
+        seeds=P.step_controlled.seed_files,
     output:
         f"{R}/step_controlled/{{pairs}}.jsonl",
     params:
-        spec=lambda w: engine_params(config["step_controlled"][w.pairs], ("seeds", "model", "dataset")),
+        spec=P.step_controlled.spec,
     log:
         f"{R}/logs/step_controlled/{{pairs}}/pairs.log",
     conda:
@@ -49,17 +47,16 @@ rule step_controlled_pairs:
 rule bridge:
     input:
         script=code("bridge"),
-        source=lambda w: data_file(config["bridges"][w.pairs]["source"]),
-        editor=lambda w: bridge_editor(w)[2],
+        source=P.bridge.source,
+        editor=P.bridge.editor.files,
     output:
         pairs=f"{R}/bridge/{{pairs}}.jsonl",
         stats=f"{R}/bridge/{{pairs}}.stats.json",
     params:
-        python=lambda w: generate_python(config["bridges"][w.pairs]),
-        spec=lambda w: engine_params(config["bridges"][w.pairs], ("source",)),
-        editor=lambda w: (f"--editor {bridge_editor(w)[0]} {revision_arg(bridge_editor(w)[1])} "
-                          f"{model_flags(config['bridges'][w.pairs]['editor'])}" if bridge_editor(w)[0] else ""),
-    threads: lambda w: config["bridges"][w.pairs]["threads"]
+        python=P.bridge.python,
+        spec=P.bridge.spec,
+        editor=P.bridge.editor.args,
+    threads: lookup(dpath="bridges/{pairs}/threads", within=config)
     log:
         f"{R}/logs/bridge/{{pairs}}.log",
     conda:
@@ -72,11 +69,11 @@ rule bridge:
 rule unpair:
     input:
         script=code("unpaired"),
-        source=lambda w: data_file(config["unpaired"][w.pairs]["source"]),
+        source=P.unpaired.source,
     output:
         f"{R}/unpaired/{{pairs}}.jsonl",
     params:
-        spec=lambda w: js(config["unpaired"][w.pairs]),
+        spec=P.unpaired.spec,
     log:
         f"{R}/logs/unpaired/{{pairs}}.log",
     conda:

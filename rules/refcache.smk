@@ -4,18 +4,16 @@
 rule refcache:
     input:
         script=code("refcache"),
-        data=lambda w: data_file(config["runs"][REFCACHES[w.cache][0]]["data"]),
-        model=lambda w: run_ref(REFCACHES[w.cache][0], None)[2],
+        data=P.refcache.data,
+        model=P.refcache.model.files,
     output:
         tensors=f"{R}/refcache/{{cache}}.safetensors",
         meta=f"{R}/refcache/{{cache}}.json",
     params:
-        spec=lambda w: refcache_params(w.cache),
-        model=lambda w: run_ref(REFCACHES[w.cache][0], None)[0],
-        revision=lambda w: revision_arg(run_ref(REFCACHES[w.cache][0], None)[1]),
-        flags=lambda w: model_flags(config["runs"][REFCACHES[w.cache][0]]["model"], config["runs"][REFCACHES[w.cache][0]]["ref"]),
+        spec=P.refcache.spec,
+        model=P.refcache.model.args,
     wildcard_constraints:
-        cache="|".join(REFCACHES) or "(?!)",
+        cache=P.refcache.names(),
     threads: config["refcache"]["threads"]
     log:
         f"{R}/logs/refcache/{{cache}}.log",
@@ -24,5 +22,5 @@ rule refcache:
     conda:
         "../envs/train.yaml"
     shell:
-        "python -m workflow_scripts.refcache --params {params.spec:q} --model {params.model} {params.revision} {params.flags} --data {input.data} "
+        "python -m workflow_scripts.refcache --params {params.spec:q} {params.model} --data {input.data} "
         "--output {output.tensors} --threads {threads} > {log} 2>&1"

@@ -13,10 +13,10 @@ rule curves:
         train_log=f"{R}/train/{{run}}/seed{{seed}}/train_log.jsonl",
     output:
         report(f"{R}/plots/{{run}}/seed{{seed}}.png", caption="../report/curves.rst", category="Training curves",
-               subcategory=lambda w: (config["runs"][w.run].get("spin") or {}).get("run", w.run),
-               labels=lambda w: {"run": w.run, "method": config["runs"][w.run]["method"], "seed": w.seed}),
+               subcategory=P.outputs.curve_group,
+               labels=P.outputs.curve_labels),
     params:
-        method=lambda w: config["runs"][w.run]["method"],
+        method=lookup(dpath="runs/{run}/method", within=config),
     priority: 1  # plotted as soon as its training is done
     log:
         f"{R}/logs/curves/{{run}}/seed{{seed}}.log",

@@ -6,17 +6,15 @@
 rule spin_generate:
     input:
         script=code("generate"),
-        data=lambda w: split_file(config["runs"][w.run]["data"], "train"),
-        model=lambda w: run_model(w.run, w.seed)[2],
+        data=P.spin.data,
+        model=P.spin.model.files,
     output:
         f"{R}/spin/{{run}}/generate{{seed}}/seed{{seed}}.jsonl",
     params:
-        python=lambda w: generate_python(config["runs"][w.run]["generation"]),
-        spec=spin_generation_params,
-        model=lambda w: run_model(w.run, w.seed)[0],
-        revision=lambda w: revision_arg(run_model(w.run, w.seed)[1]),
-        flags=lambda w: model_flags(config["runs"][w.run]["model"]),
-    threads: lambda w: config["runs"][w.run]["generation"]["threads"]
+        python=P.spin.python,
+        spec=P.spin.spec,
+        model=P.spin.model.args,
+    threads: lookup(dpath="runs/{run}/generation/threads", within=config)
     log:
         f"{R}/logs/spin/{{run}}/generate{{seed}}.log",
     benchmark:
@@ -24,14 +22,14 @@ rule spin_generate:
     conda:
         "../envs/generate.yaml"
     shell:
-        "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} --model {params.model} {params.revision} "
-        "{params.flags} --seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
+        "{params.python} -m workflow_scripts.generate --params {params.spec:q} --data {input.data} {params.model} "
+        "--seed {wildcards.seed} --output {output} --threads {threads} > {log} 2>&1"
 
 
 rule spin_merge:
     input:
         script=code("merge"),
-        data=lambda w: split_file(config["runs"][w.run]["data"], "train"),
+        data=P.spin.data,
         generated=f"{R}/spin/{{run}}/generate{{seed}}/seed{{seed}}.jsonl",
     output:
         f"{R}/spin/{{run}}/seed{{seed}}.jsonl",

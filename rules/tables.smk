@@ -4,15 +4,15 @@
 rule table:
     input:
         script=code("tables"),
-        evals=lambda w: [f for evals in eval_files(w.table).values() for files in evals.values() for f in files],
+        evals=P.outputs.table_evals,
     output:
         tex=f"{R}/tables/{{table}}.tex",
         csv=f"{R}/tables/{{table}}.csv",
         md=report(f"{R}/tables/{{table}}.md", category="Tables"),
     params:
-        spec=lambda w: js({**config["tables"][w.table], "name": w.table}),
-        files=lambda w: json_file(eval_files(w.table)),
-        prefix=lambda w: f"{R}/tables/{w.table}",
+        spec=P.outputs.table_spec,
+        files=P.outputs.table_files,
+        prefix=f"{R}/tables/{{table}}",
     log:
         f"{R}/logs/table/{{table}}.log",
     conda:
@@ -25,13 +25,13 @@ rule table:
 rule manifest:
     input:
         script=code("manifest"),
-        tables=table_outputs(),
-        plots=plot_outputs(),
-        cards=card_outputs(),
+        tables=P.outputs.tables(),
+        plots=P.outputs.plots(),
+        cards=P.outputs.cards(),
     output:
         f"{R}/manifest.json",
     params:
-        config=lambda w: json_file(config),
+        config=P.outputs.manifest_config,
     log:
         f"{R}/logs/manifest.log",
     conda:

@@ -9,10 +9,10 @@ rule build_tiny_model:
     output:
         directory(f"{R}/models/{{model}}"),
     wildcard_constraints:
-        model=model_names("build"),
+        model=P.world.models_made("build"),
     params:
-        spec=lambda w: js(config["models"][w.model]),
-    threads: lambda w: config["models"][w.model]["threads"]
+        spec=P.world.model_spec,
+    threads: lookup(dpath="models/{model}/threads", within=config)
     log:
         f"{R}/logs/build_tiny_model/{{model}}.log",
     benchmark:
@@ -30,7 +30,7 @@ rule build_synthetic_dataset:
     output:
         directory(f"{R}/raw/{{dataset}}"),
     params:
-        spec=lambda w: js({k: config["datasets"][w.dataset][k] for k in ("seed", "max_operand", "splits", "format")}),
+        spec=P.world.synthetic_spec,
     log:
         f"{R}/logs/build_synthetic_dataset/{{dataset}}.log",
     conda:
@@ -43,14 +43,14 @@ rule convert_gguf:
     """De-quantise a GGUF checkpoint (a local file or one an installed package ships) into a transformers folder."""
     input:
         script=code("gguf_model"),
-        source=gguf_input,
+        source=P.world.gguf_source,
     output:
         directory(f"{R}/models/{{model}}"),
     wildcard_constraints:
-        model=model_names("gguf"),
+        model=P.world.models_made("gguf"),
     params:
-        spec=lambda w: js(config["models"][w.model]["gguf"]),
-    threads: lambda w: config["models"][w.model]["threads"]
+        spec=P.world.gguf_spec,
+    threads: lookup(dpath="models/{model}/threads", within=config)
     log:
         f"{R}/logs/convert_gguf/{{model}}.log",
     benchmark:

@@ -3,6 +3,7 @@ be installed on these machines, so the envs are checked against the pip pins the
 (requirements.txt; requirements-vllm.txt for generate.yaml), against the rules that name them, and
 against the imports of the stage modules each rule runs."""
 import ast
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -11,6 +12,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workflow_scripts import plan  # noqa: E402
+from workflow_scripts.plan import base as plan_base  # noqa: E402
+
 ENVS = {p.stem: p for p in sorted((ROOT / "envs").glob("*.yaml"))}
 RULE_FILES = sorted((ROOT / "rules").glob("*.smk"))
 # The pip pins each env must agree with: the environment the test suite itself runs in.
@@ -21,7 +27,7 @@ DISTRIBUTION = {"yaml": "pyyaml"}
 # installed as dependencies of a pinned package (not pinned themselves)
 PROVIDED_BY = {"huggingface_hub": {"transformers", "datasets"}, "numpy": {"torch", "pandas", "datasets"}}
 # vllm is imported lazily by workflow_scripts/backends.py for `backend: vllm` only, and the generating
-# rules run such stages with generate.yaml's interpreter (rules/common.smk: generate_python); vllm pins
+# rules run such stages with generate.yaml's interpreter (workflow_scripts/plan/base.py: python); vllm pins
 # transformers < 5.20, so no other env can have it
 ONLY_IN = {"vllm": "generate"}
 
@@ -97,21 +103,23 @@ def test_stage_families_have_their_tools():
     assert {"datasets", "pyarrow"} <= set(env_pins("data"))
 
 
-def helper_definitions() -> dict[str, str]:
-    """Function name -> source, for the helpers of rules/common.smk (a conda: directive may call one)."""
-    text = (ROOT / "rules/common.smk").read_text()
-    return {m[1]: m[0] for m in re.finditer(r"^def (\w+)\(.*\n(?:(?:[ \t]+.*)?\n)*", text, re.M)}
+def plan_sources(value: str) -> str:
+    """The source of the plan's methods a conda: directive names (`P.<section>.<method>`), with the plan's
+    helpers they call (workflow_scripts/plan/base.py: engine_env picks generate.yaml for the vllm backend)."""
+    sections = dict(re.findall(r"self\.(\w+) = (\w+)\(config, basedir\)", inspect.getsource(plan.Plan)))
+    found = "".join(inspect.getsource(getattr(getattr(plan, sections[section]), method))
+                    for section, method in re.findall(r"\bP\.(\w+)\.(\w+)", value))
+    called = (getattr(plan_base, name, None) for name in re.findall(r"(\w+)\(", found))
+    return found + "".join(inspect.getsource(f) for f in called if inspect.isfunction(f))
 
 
 def rule_envs(block: str) -> set[str] | None:
-    """The envs a rule's conda: directive may name: its literal paths, and those of a helper it calls
-    (rules/common.smk: engine_env picks generate.yaml for the vllm backend). None without a directive."""
+    """The envs a rule's conda: directive may name: its literal paths, and those of the plan's method it
+    calls. None without a directive."""
     m = re.search(r"^([ \t]+)conda:[ \t]*\n((?:\1[ \t]+.*\n?)+)", block, re.M)
     if not m:
         return None
-    value, helpers = m[2], helper_definitions()
-    for called in re.findall(r"(\w+)\(", value):
-        value += helpers.get(called, "")
+    value = m[2] + plan_sources(m[2])
     return set(re.findall(r"\"([^\"]*envs/[^\"]+)\"", value))
 
 

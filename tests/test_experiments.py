@@ -180,13 +180,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
                  for r in needed if METHODS[runs[r]["method"]].needs_ref and runs[r]["ref_logps"] == "cache"
                  and not (runs[r]["lora"] or {}).get("load_in_4bit")}  # QLoRA: live reference (4-bit base)
     evals, answer_sets = config["evals"], config["answer_sets"]
+    evaluated = set(workflow_plan.evaluated(config))  # (instance, eval) per table cell
 
-    def instances(row):  # the evaluated instances of a table row (as rules/common.smk `subjects`)
-        return [f"{row}/seed{seed}" for seed in runs[row]["seeds"]] if row in runs else [f"{row}/base"]
-
-    # (instance, eval) per table cell; a column may name its own eval
-    evaluated = {(inst, col["eval"] or t["eval"]) for t in tables.values() for col in t["columns"]
-                 for row in t["rows"] for inst in instances(row)}
     def rule(e):  # a judge model needs a GPU (head2head), the answer checker or an API annotator does not
         if e["kind"] in ("lm_eval", "math"):
             return {"lm_eval": "evaluate", "math": "math_eval"}[e["kind"]]
@@ -195,17 +190,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
     eval_jobs = {}
     for _, ev in evaluated:
         eval_jobs[rule(evals[ev])] = eval_jobs.get(rule(evals[ev]), 0) + 1
-    answers = set()  # (instance, answer set): the model's own answers and the reference's a judge compares them with
-    for inst, ev in evaluated:
-        e = evals[ev]
-        if e["kind"] == "math":
-            answers |= {(inst, a) for a in e["answer_sets"]}
-        elif e["kind"] in ("alpaca_eval", "pairwise"):
-            answers.add((inst, e["answer_set"]))
-            row = inst.split("/")[0]
-            ref = runs[row]["model"] if e["kind"] == "pairwise" else e["reference"]
-            if ref != "dataset":
-                answers.add((instances(ref)[0], e["answer_set"]))
+    # (instance, answer set): the model's own answers and the reference's a judge compares them with
+    answers = {(inst, a) for a, insts in workflow_plan.answer_set_needs(config).items() for inst in insts}
     data |= {(answer_sets[a]["dataset"], answer_sets[a]["split"]) for _, a in answers}
     groups = workflow_plan.group_of(config)  # the sets an instance needs with one engine: one job
     synthetic = {ev for _, ev in evaluated if evals[ev]["kind"] == "lm_eval" and evals[ev].get("synthetic")}

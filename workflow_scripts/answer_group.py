@@ -1,4 +1,4 @@
-"""An answer group (workflow_scripts/plan.py): one model answers every prompt of each of the
+"""An answer group (workflow_scripts/plan/instances.py): one model answers every prompt of each of the
 group's answer sets, loaded once for all of them.
 
 Output: a folder with one `<answer set>.jsonl` per set, the rows as workflow_scripts/generate.py writes
