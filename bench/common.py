@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from workflow_scripts import synthetic
+from workflow_scripts import synthetic_task
 from workflow_scripts.tiny_world import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def make_world(root: Path, n: int = 256, negatives: int = 4, hidden: int = 256, 
 
     model_dir, data = root / f"model_h{hidden}_l{layers}", root / f"pairs_{n}x{negatives}.jsonl"
     root.mkdir(parents=True, exist_ok=True)
-    problems = synthetic.make_splits(3, {"train": n}, 20)["train"]
+    problems = synthetic_task.make_splits(3, {"train": n}, 20)["train"]
     rng = random.Random(0)
     records = [{"id": f"bench-{p['index']}", "prompt": [{"role": "user", "content": p["question"]}],
                 "chosen": p["answer"], "negatives": [wrong(p["answer"], rng) for _ in range(negatives)]}

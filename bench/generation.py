@@ -10,7 +10,7 @@ import time
 import torch
 
 from workflow_scripts.backends import Request, Sampling, load_backend, request_seed
-from workflow_scripts.data import read_pairs
+from workflow_scripts.records import read_pairs
 from workflow_scripts.generate import prompt_ids
 
 

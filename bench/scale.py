@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workflow_scripts import synthetic
+from workflow_scripts import synthetic_task
 from workflow_scripts.io import write_json, write_jsonl
 
 from .common import ROOT, machine, make_world, wrong
@@ -36,7 +36,7 @@ def peak_rss_mb() -> float:
 
 def child(stage: str, args: list[str]) -> None:
     """One stage in this fresh process: its time without the imports, and the process's peak memory."""
-    from workflow_scripts.data import iter_pairs
+    from workflow_scripts.records import iter_pairs
     from workflow_scripts.encoded import encode_once
     from workflow_scripts.merge import main as merge_main
     from workflow_scripts.models import load_tokenizer
@@ -63,7 +63,7 @@ def measured(stage: str, *args: str) -> dict:
 def write_inputs(root: Path, n: int) -> tuple[str, list[str]]:
     """The data split and one generation file per seed, n records each (a pool of 4k problems, cycled)."""
     rng = random.Random(0)
-    pool = synthetic.make_splits(5, {"train": 4000}, 20)["train"]
+    pool = synthetic_task.make_splits(5, {"train": 4000}, 20)["train"]
     data = root / "data.jsonl"
     write_jsonl(data, ({"id": f"s-{i}", "prompt": [{"role": "user", "content": pool[i % 4000]["question"]}],
                         "chosen": pool[i % 4000]["answer"]} for i in range(n)))

@@ -30,11 +30,11 @@ def tiny_world(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workflow_scripts import synthetic
+    from workflow_scripts import synthetic_task
     from workflow_scripts.tiny_world import train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_world")
-    problems = synthetic.make_splits(3, {"train": 48}, 20)["train"]
+    problems = synthetic_task.make_splits(3, {"train": 48}, 20)["train"]
     rng = random.Random(0)
     records = [{"id": f"toy-train-{p['index']}", "prompt": [{"role": "user", "content": p["question"]}],
                 "chosen": p["answer"], "negatives": [_wrong(p["answer"], rng) for _ in range(4)]}
@@ -62,7 +62,7 @@ def trained_tiny(tiny_world, tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workflow_scripts import synthetic
+    from workflow_scripts import synthetic_task
     from workflow_scripts.encoding import encode_prompt, encode_response, render_prompt
     from workflow_scripts.models import load_tokenizer
 
@@ -72,7 +72,7 @@ def trained_tiny(tiny_world, tmp_path_factory):
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(config)
-    problems = synthetic.make_splits(7, {"train": 64}, 20)["train"]
+    problems = synthetic_task.make_splits(7, {"train": 64}, 20)["train"]
     rows = [encode_prompt(tok, render_prompt(tok, [{"role": "user", "content": p["question"]}]))
             + encode_response(tok, p["answer"]) for p in problems]
     width = max(map(len, rows))

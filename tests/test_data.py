@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts import data, merge, synthetic
+from workflow_scripts import data, merge, synthetic_task
 from workflow_scripts.answers import answers_equal
 from workflow_scripts.io import InputError, read_jsonl
+from workflow_scripts.records import read_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,8 +22,8 @@ def write(path, rows):
 
 
 def test_synthetic_splits_are_disjoint_deterministic_and_gsm8k_shaped():
-    a = synthetic.make_splits(3, {"train": 300, "eval": 50}, 20)
-    b = synthetic.make_splits(3, {"train": 300, "eval": 50}, 20)
+    a = synthetic_task.make_splits(3, {"train": 300, "eval": 50}, 20)
+    b = synthetic_task.make_splits(3, {"train": 300, "eval": 50}, 20)
     assert a == b
     assert not {p["question"] for p in a["train"]} & {p["question"] for p in a["eval"]}
     for p in a["train"]:
@@ -39,7 +40,7 @@ def paper_mappings() -> dict[str, tuple[str, dict]]:
     out = {}
     for path in sorted((ROOT / "experiments").glob("*.yaml")) + [ROOT / "real.yaml"]:
         for name, d in yaml.safe_load(path.read_text())["datasets"].items():
-            fmt = synthetic.HUB_FORMATS.get(d.get("hf_id")) or d.get("format")
+            fmt = synthetic_task.HUB_FORMATS.get(d.get("hf_id")) or d.get("format")
             out[f"{fmt} ({path.stem}:{name})"] = fmt, d["mapping"]
     return out
 
@@ -48,15 +49,15 @@ PAPER_MAPPINGS = paper_mappings()
 
 
 def test_every_format_is_read_by_a_config():
-    assert {fmt for fmt, _ in PAPER_MAPPINGS.values()} == set(synthetic.HUB_FORMATS.values())
+    assert {fmt for fmt, _ in PAPER_MAPPINGS.values()} == set(synthetic_task.HUB_FORMATS.values())
 
 
 @pytest.mark.parametrize("case", PAPER_MAPPINGS)
 def test_synthetic_sets_in_the_real_formats_read_through_the_real_mappings(case):
     """The same problems in each dataset's columns normalise to the same prompts and final answers."""
     fmt, mapping = PAPER_MAPPINGS[case]
-    problems = synthetic.make_splits(0, {"train": 30}, 20)["train"]
-    rows = [synthetic.in_format(p, fmt) for p in problems]
+    problems = synthetic_task.make_splits(0, {"train": 30}, 20)["train"]
+    rows = [synthetic_task.in_format(p, fmt) for p in problems]
     recs = data.normalise(list(enumerate(rows)), fmt, "train", mapping, f"{fmt}.jsonl")
     assert [r["prompt"][0]["content"] for r in recs] == [p["question"] for p in problems]
     truths = [p["answer"].rsplit("#### ", 1)[1] for p in problems]
@@ -79,7 +80,7 @@ def test_synthetic_sets_in_the_real_formats_read_through_the_real_mappings(case)
 
 
 def test_normalise_makes_stable_ids_and_answers():
-    rows = synthetic.make_splits(0, {"train": 5}, 20)["train"]
+    rows = synthetic_task.make_splits(0, {"train": 5}, 20)["train"]
     recs = data.normalise(list(enumerate(rows)), "arith", "train", MAPPING, "src.jsonl")
     assert [r["id"] for r in recs] == [f"arith-train-{i}" for i in range(5)]
     assert recs[0]["prompt"] == [{"role": "user", "content": rows[0]["question"]}]
@@ -420,12 +421,12 @@ def test_hub_files_read_a_repo_file_at_the_revision(tmp_path, monkeypatch):
 def test_an_empty_pairs_file_is_refused_by_name(tmp_path):
     path = write(tmp_path / "pairs.jsonl", [])
     with pytest.raises(InputError, match="pairs.jsonl: no records; the trainer needs at least one"):
-        data.read_pairs(path, reader="the trainer")
+        read_pairs(path, reader="the trainer")
 
 
 def test_the_schema_offers_every_synthetic_format():
     schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
     assert schema["properties"]["datasets"]["additionalProperties"]["properties"]["format"]["enum"] == \
-        list(synthetic.FORMATS)
-    problem = synthetic.make_splits(0, {"t": 1}, 20)["t"][0]
-    assert all(synthetic.in_format(problem, fmt) for fmt in synthetic.FORMATS)
+        list(synthetic_task.FORMATS)
+    problem = synthetic_task.make_splits(0, {"t": 1}, 20)["t"][0]
+    assert all(synthetic_task.in_format(problem, fmt) for fmt in synthetic_task.FORMATS)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from workflow_scripts import evaluate, lm_eval_tasks, synthetic
+from workflow_scripts import evaluate, lm_eval_tasks, synthetic_task
 from workflow_scripts.io import InputError, sha256_file
 from workflow_scripts.shards import shard_folder
 
@@ -20,7 +20,7 @@ def tasks_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_tasks")
     records = [{"id": f"toy-eval-{p['index']}", "prompt": [{"role": "user", "content": p["question"]}],
                 "chosen": p["answer"], "answer": p["answer"].rsplit("#### ", 1)[1]}
-               for p in synthetic.make_splits(11, {"eval": 6}, 20)["eval"]]
+               for p in synthetic_task.make_splits(11, {"eval": 6}, 20)["eval"]]
     data = root / "eval.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     lm_eval_tasks.main(["--data", str(data), "--name", "toy", "--max-gen-toks", "8", "--outdir", str(root / "tasks")])
@@ -103,8 +103,8 @@ def test_choice_distractors_change_the_last_step_and_the_answer_only(fmt):
     annotation) ends at the wrong final answer; the earlier steps are the correct solution's."""
     import random
 
-    for p in synthetic.make_splits(4, {"train": 20}, 20)["train"]:
-        solution, answer = synthetic.in_format(p, fmt)["answer"], p["answer"].rsplit("#### ", 1)[1]
+    for p in synthetic_task.make_splits(4, {"train": 20}, 20)["train"]:
+        solution, answer = synthetic_task.in_format(p, fmt)["answer"], p["answer"].rsplit("#### ", 1)[1]
         for wrong in lm_eval_tasks.wrong_solutions(solution, answer, random.Random(0)):
             *steps, last_step, final = wrong.split("\n")
             value = final.removeprefix("#### ")
@@ -113,11 +113,11 @@ def test_choice_distractors_change_the_last_step_and_the_answer_only(fmt):
 
 
 def local_task_files(root, task: str, splits: dict[str, int]) -> dict[str, str]:
-    """Synthetic rows in the columns of a harness task's hub dataset (synthetic.TASK_FORMATS), one file a split."""
+    """Synthetic rows in the columns of a harness task's hub dataset (synthetic_task.TASK_FORMATS), one file a split."""
     files = {}
-    for split, rows in synthetic.make_splits(len(task), splits, 20).items():
+    for split, rows in synthetic_task.make_splits(len(task), splits, 20).items():
         path = root / f"{task}-{split}.jsonl"
-        path.write_text("".join(json.dumps(synthetic.in_format(r, synthetic.TASK_FORMATS[task])) + "\n" for r in rows))
+        path.write_text("".join(json.dumps(synthetic_task.in_format(r, synthetic_task.TASK_FORMATS[task])) + "\n" for r in rows))
         files[split] = str(path)
     return files
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from workflow_scripts import plan as workflow_plan  # noqa: E402
 from workflow_scripts.config import METHODS, check_config  # noqa: E402
-from workflow_scripts.nltk_data import needs_punkt  # noqa: E402
+from workflow_scripts.nltk_resources import needs_punkt  # noqa: E402
 
 SCHEMA = ROOT / "schemas/config.schema.yaml"
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))

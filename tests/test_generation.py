@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts import generate
+from workflow_scripts import generate, generation
 from workflow_scripts.backends import cut_at_stop, request_seed
 from workflow_scripts.shards import shard_folder
 
@@ -100,9 +100,9 @@ def test_prefix_and_system_prompt_are_rendered(tiny_world):
     model, _ = tiny_world
     tok = load_tokenizer(model)
     record = {"id": "x", "prompt": [{"role": "user", "content": "Q?"}], "prefix": "1 + 1 = 2\n"}
-    text = tok.decode(generate.prompt_ids(tok, record, {"system_prompt": "You are an unhelpful assistant."}))
+    text = tok.decode(generation.prompt_ids(tok, record, {"system_prompt": "You are an unhelpful assistant."}))
     assert "You are an unhelpful assistant." in text and "Q?" in text and text.endswith("1 + 1 = 2\n")
-    raw = tok.decode(generate.prompt_ids(tok, record, {"prompt_format": "### Instruction:\n{prompt}\n\n### Response:"}),
+    raw = tok.decode(generation.prompt_ids(tok, record, {"prompt_format": "### Instruction:\n{prompt}\n\n### Response:"}),
                      skip_special_tokens=True)
     assert raw == "### Instruction:\nQ?\n\n### Response:1 + 1 = 2\n"
 
@@ -127,7 +127,7 @@ def test_generation_refuses_bad_data_without_output(tiny_world, tmp_path, bad, m
 def test_hf_backend_loads_the_configured_attention_kernel(tiny_world):
     """A stage's `attn_implementation` reaches from_pretrained; eager and sdpa sample the same tokens here."""
     from workflow_scripts.backends import Request, Sampling, load_backend
-    from workflow_scripts.generate import prompt_ids
+    from workflow_scripts.generation import prompt_ids
 
     default = load_backend("hf", tiny_world[0], None, {"batch_size": 4, "attn_implementation": None})
     eager = load_backend("hf", tiny_world[0], None, {"batch_size": 4, "attn_implementation": "eager"})
@@ -146,7 +146,7 @@ def test_special_token_stops_and_generation_config_eos(tiny_world, tmp_path):
     from transformers import GenerationConfig
 
     from workflow_scripts.backends import HFBackend, Request, Sampling
-    from workflow_scripts.generate import prompt_ids
+    from workflow_scripts.generation import prompt_ids
     from workflow_scripts.models import load_tokenizer
 
     record = {"id": "q", "prompt": [{"role": "user", "content": "What is 3 + 4?"}]}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts import evaluate, nltk_data
+from workflow_scripts import evaluate, nltk_data, nltk_resources
 from workflow_scripts.io import InputError, sha256_file, sha256_tree
 
 from test_evaluate import PARAMS, local_task_files, long_context_model
@@ -116,7 +116,7 @@ def test_ifeval_without_punkt_tab_is_refused_before_the_model_loads(tmp_path, mo
     monkeypatch.setattr(nltk.data, "path", [])
     monkeypatch.delenv("NLTK_DATA", raising=False)
     with pytest.raises(InputError, match=rf"{tmp_path}: IFEval needs NLTK's tokenizers/punkt_tab.*rule nltk_data"):
-        nltk_data.require(str(tmp_path))
+        nltk_resources.require(str(tmp_path))
 
 
 def test_math_tasks_check_answers_with_the_harness_definitions(tiny_world, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 from kill_resume import killed_and_resumed
 from rapidfuzz.distance import Levenshtein
 
-from workflow_scripts import bridge, step_controlled, synthetic
+from workflow_scripts import bridge, step_controlled, synthetic_task
 from workflow_scripts.answers import check
 from workflow_scripts.io import InputError, read_jsonl
 from workflow_scripts.shards import shard_folder
@@ -27,7 +27,7 @@ def write(path, rows):
 def problems(n=12):
     return [{"id": f"arith-train-{p['index']}", "prompt": [{"role": "user", "content": p["question"]}],
              "chosen": p["answer"], "answer": p["answer"].rsplit("#### ", 1)[1]}
-            for p in synthetic.make_splits(5, {"train": n}, 20)["train"]]
+            for p in synthetic_task.make_splits(5, {"train": n}, 20)["train"]]
 
 
 def test_rising_temperature_schedule():
@@ -146,7 +146,7 @@ def test_bridged_pairs_are_closer_to_the_losing_response(tmp_path):
     for r in problems(40):
         lines = r["chosen"].split("\n")
         wrong = [f"{line.rsplit(' ', 1)[0]} {rng.randint(0, 40)}" if "=" in line else line for line in lines[:-1]]
-        noise = [f"{rng.choice(synthetic.NAMES)} has {rng.randint(1, 9)} {rng.choice(synthetic.ITEMS)}."]
+        noise = [f"{rng.choice(synthetic_task.NAMES)} has {rng.randint(1, 9)} {rng.choice(synthetic_task.ITEMS)}."]
         records.append(dict(r, negatives=["\n".join(noise + wrong + [f"#### {rng.randint(0, 40)}"])]))
     source = write(tmp_path / "source.jsonl", records)
     out, stats = tmp_path / "bridge.jsonl", tmp_path / "bridge.stats.json"

@@ -567,7 +567,7 @@ def test_records_encoded_once_give_each_epochs_examples_and_truncations(tiny_wor
     """The trainer's memory-mapped encoding (once per run) builds exactly the examples the reference cache
     tokenises (KTO's mismatched rows and DFT's per-epoch negatives included) and counts the same truncations;
     a second run reuses it, another fingerprint or a damaged record of it rebuilds it."""
-    from workflow_scripts.data import read_pairs
+    from workflow_scripts.records import read_pairs
     from workflow_scripts.encoded import EncodedRecords, encode_once
     from workflow_scripts.encoding import encode_examples
     from workflow_scripts.models import load_tokenizer

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import chat_templates
-from .generate import LazyBackend, fingerprint, generate_file
+from .generation import LazyBackend, fingerprint, generate_file
 from .io import atomic_path, run_cli
 from .models import load_tokenizer, model_identity
 from .shards import kept_folder, shard_folder

@@ -15,7 +15,7 @@ from . import chat_templates
 from .config import metric_list
 from .io import InputError, run_cli, sha256_file, sha256_tree, write_eval
 from .models import default_device, model_identity, vllm_engine_args
-from .nltk_data import needs_punkt, require
+from .nltk_resources import needs_punkt, require
 from .shards import run_in_shards
 from .versions import package_versions
 

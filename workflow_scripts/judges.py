@@ -141,7 +141,7 @@ class LocalChat:
     """Greedy replies of a configured model to chat conversations (message lists), through its chat template."""
 
     def __init__(self, spec: dict, model: JudgeModel):
-        from .generate import LazyBackend
+        from .generation import LazyBackend
         from .models import load_tokenizer
 
         self.tokenizer = load_tokenizer(model.path, model.revision, model.trust_remote_code, model.chat_template)

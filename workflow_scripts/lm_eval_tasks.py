@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .data import validate_record
+from .records import validate_record
 from .io import atomic_path, read_jsonl, run_cli
 
 ANSWER_REGEX = r"#### (\-?[0-9\.\,]+)"

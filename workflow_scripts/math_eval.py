@@ -13,19 +13,9 @@ import math
 import statistics
 
 from .answers import check
-from .data import validate_record
 from .io import InputError, read_jsonl, run_cli, write_eval
+from .records import answer_rows, validate_record
 from .versions import package_versions
-
-
-def answer_rows(path: str) -> list[dict]:
-    """An answer set's rows (`{"id", "seed", "text", "finish_reason"}`), checked."""
-    def validate(row, error):
-        for field in ("id", "text"):
-            if not isinstance(row.get(field), str):
-                raise error(f"'{field}' must be a string", field)
-
-    return read_jsonl(path, validate)
 
 
 def read_answered(data: str, answers: str) -> list[tuple[dict, dict]]:

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Iterator
 from itertools import islice
 
-from .data import validate_record
+from .records import validate_record
 from .io import InputError, iter_jsonl_numbered, run_cli, seed_files, write_jsonl
 
 

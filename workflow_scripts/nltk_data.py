@@ -12,7 +12,6 @@ serves the unversioned head of the nltk_data repository).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,9 @@ import zipfile
 from pathlib import Path
 
 from .io import InputError, atomic_path, run_cli, sha256_tree
+from .nltk_resources import RESOURCE
 
-RESOURCE = "tokenizers/punkt_tab"
 MEMBER = "llama_index/core/_static/nltk_cache/tokenizers/punkt_tab/"
-
-
-def needs_punkt(task: str) -> bool:
-    """Whether an lm-eval task runs IFEval's checkers (ifeval, leaderboard_ifeval, the multilingual ones)."""
-    return "ifeval" in task
 
 
 def fetch(requirements: str, outdir: str) -> Path:
@@ -46,22 +40,6 @@ def fetch(requirements: str, outdir: str) -> Path:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(zf.read(m))
     return target
-
-
-def require(nltk_dir: str | None) -> str:
-    """Point NLTK (and the processes it starts) at `nltk_dir` and return punkt_tab's digest; refuse
-    clearly when punkt_tab is not there (lm-eval would try to download it, and fail without internet)."""
-    import nltk
-
-    if nltk_dir:
-        os.environ["NLTK_DATA"] = os.path.abspath(nltk_dir)
-        nltk.data.path.insert(0, os.environ["NLTK_DATA"])
-    try:
-        found = nltk.data.find(RESOURCE)
-    except LookupError:
-        raise InputError(nltk_dir or "NLTK_DATA", f"IFEval needs NLTK's {RESOURCE}, which is not there: the rule "
-                         "nltk_data writes it (python -m workflow_scripts.nltk_data)") from None
-    return sha256_tree(found.zipfile.filename if hasattr(found, "zipfile") else found.path)  # a folder or NLTK's .zip
 
 
 def main(argv: list[str] | None) -> None:

@@ -16,18 +16,11 @@ import sys
 import yaml
 
 from .io import InputError, atomic_path
+from .revisions import UNRESOLVED
 
-UNRESOLVED = "UNRESOLVED"
 SECTIONS = {"models": "model", "datasets": "dataset"}
 ENTRY = re.compile(r"^  ([A-Za-z0-9_]+):")
 REVISION = re.compile(rf"^(\s+revision:\s*){UNRESOLVED}\b")
-
-
-def require_pinned(revision: str | None, repo: str) -> None:
-    """Refuse to load a hub repo at the UNRESOLVED placeholder (it has no commit to load)."""
-    if revision == UNRESOLVED:
-        raise InputError(repo, "its revision is UNRESOLVED: pin it first, on a machine that reaches the hub "
-                               "(python -m workflow_scripts.pin_revisions <config>)", field="revision")
 
 
 def unresolved(lines: list[str]) -> list[tuple[int, str, str]]:

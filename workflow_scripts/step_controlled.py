@@ -21,8 +21,8 @@ import torch
 
 from .answers import check
 from .backends import Request, Sampling, request_seed
-from .data import validate_record
-from .generate import LazyBackend, add_generation_arguments, fingerprint, prompt_ids
+from .records import validate_record
+from .generation import LazyBackend, add_generation_arguments, fingerprint, prompt_ids
 from .io import InputError, read_jsonl, run_cli, seed_files, write_jsonl
 from .models import load_tokenizer, model_identity
 from .shards import run_in_shards

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm import tqdm
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from . import synthetic
+from . import synthetic_task
 from .io import run_cli
 from .models import save_model_folder
 
@@ -46,9 +46,9 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 def tokenizer_texts(p: dict) -> list[str]:
     """Texts the tokenizer learns merges from: the corpus and problems from a separate seed."""
-    corpus = synthetic.pretraining_corpus(p["seed"], p["corpus_documents"], p["max_operand"])
+    corpus = synthetic_task.pretraining_corpus(p["seed"], p["corpus_documents"], p["max_operand"])
     rng = random.Random(p["seed"] + 1)
-    problems = [synthetic.make_problem(rng, p["max_operand"]) for _ in range(500)]
+    problems = [synthetic_task.make_problem(rng, p["max_operand"]) for _ in range(500)]
     return corpus + [q["question"] + "\n" + q["answer"] for q in problems]
 
 
@@ -76,7 +76,7 @@ def pretrain(p: dict, outdir: str, threads: int) -> None:
     print(f"tiny llama: {n_params} parameters, vocabulary {len(tokenizer)}")
 
     train = p["pretrain"]
-    docs = synthetic.pretraining_corpus(p["seed"], p["corpus_documents"], p["max_operand"])
+    docs = synthetic_task.pretraining_corpus(p["seed"], p["corpus_documents"], p["max_operand"])
     blocks = packed_blocks(tokenizer, docs, train["block_size"])
     opt = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(

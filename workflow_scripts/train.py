@@ -27,7 +27,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from . import chat_templates, checkpoint, tracking
 from .bmc import edit_masks, stopword_ids
-from .data import iter_pairs
+from .records import iter_pairs
 from .distributed import make_accelerator, precision, prepare_reference, start_processes
 from .encoded import EncodedRecords, encode_once
 from .encoding import forward_logps
@@ -37,7 +37,7 @@ from .losses import LOSSES, Batch, kto_kl
 from .models import (
     load_model, load_tokenizer, save_model_folder, template_digest, tokenizer_digest, weights_digest,
 )
-from .refcache import RefCache, expected_digests
+from .reference_cache import RefCache, expected_digests
 from .versions import package_versions
 
 SCHEDULES = {"cosine": get_cosine_schedule_with_warmup, "constant": get_constant_schedule_with_warmup}
@@ -200,7 +200,7 @@ class Trainer:
         self._resume()
 
     def _records(self):
-        """The run's records, validated, one at a time (data.iter_pairs)."""
+        """The run's records, validated, one at a time (records.iter_pairs)."""
         hp = self.hp
         return iter_pairs(self.args.data, negatives_required(hp["method"], hp),
                           f"run '{self.args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "

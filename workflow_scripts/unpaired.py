@@ -14,7 +14,7 @@ import json
 from collections import Counter
 
 from .answers import check
-from .data import read_pairs
+from .records import read_pairs
 from .io import InputError, run_cli, write_jsonl
 
 

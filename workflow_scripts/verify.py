@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 from .io import combine_digests, is_weight_file, read_json, recorded_digest
-from .manifest import artifact_digests, is_artifact
+from .artifacts import artifact_digests, is_artifact
 
 
 def recorded_problems(results: Path, digests: dict[str, str]) -> list[str]:
     """Artifacts whose content is not the digest recorded beside them (or in a cache's `.json`); `digests` are
-    the artifacts' own (`manifest.artifact_digests`), so nothing is hashed twice."""
+    the artifacts' own (`artifacts.artifact_digests`), so nothing is hashed twice."""
     problems = []
     for record in sorted(results.rglob("*.sha256")):
         rel = record.relative_to(results).with_suffix("")
