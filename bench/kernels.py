@@ -73,7 +73,7 @@ class StepPeaks:
 
 def loss_memory_child(variant: str, b: int, t: int, v: int) -> dict:
     """Run in a fresh process: extra peak RSS of forward + backward of the summed label log-probs."""
-    from workflow_scripts.encoding import token_logps
+    from workflow_scripts.logprobs import token_logps
 
     torch.manual_seed(0)
     logits = torch.randn(b, t, v).requires_grad_()

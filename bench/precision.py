@@ -46,7 +46,8 @@ def real_model(root: Path) -> str | None:
 
 def child(model_dir: str, data: str, variant: str, steps: int, micro: int) -> dict:
     from workflow_scripts.records import read_pairs
-    from workflow_scripts.encoding import encode_examples, forward_logps, shared_prompt
+    from workflow_scripts.encoding import encode_examples, shared_prompt
+    from workflow_scripts.logprobs import forward_logps
     from workflow_scripts.losses import LOSSES, Batch
     from workflow_scripts.models import load_model, load_tokenizer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from workflow_scripts import refcache, train
-from workflow_scripts.config import negative_columns, negatives_required, refcache_settings
+from workflow_scripts.methods import negative_columns, negatives_required, refcache_settings
 from workflow_scripts.records import read_pairs
 from workflow_scripts.encoding import encode_examples, shared_prompt
 from workflow_scripts.models import load_tokenizer

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from workflow_scripts.config import negative_columns, negatives_required
+from workflow_scripts.methods import negative_columns, negatives_required
 from workflow_scripts.records import read_pairs
 from workflow_scripts.encoding import encode_examples, render_prompt
 from workflow_scripts.models import load_model, load_tokenizer

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_trainer import ROOT, hp_for, run_train
-from workflow_scripts.config import METHODS
+from workflow_scripts.methods import METHODS
 
 
 def launch(processes: int, deepspeed: str | None, args: list[str], cwd: Path, wait: bool = True):

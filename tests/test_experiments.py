@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workflow_scripts import plan as workflow_plan  # noqa: E402
-from workflow_scripts.config import METHODS, check_config  # noqa: E402
+from workflow_scripts.config import check_config  # noqa: E402
+from workflow_scripts.methods import METHODS  # noqa: E402
 from workflow_scripts.nltk_resources import needs_punkt  # noqa: E402
 
 SCHEMA = ROOT / "schemas/config.schema.yaml"

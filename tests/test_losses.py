@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from workflow_scripts.config import METHODS, negative_columns
-from workflow_scripts.encoding import token_logps
+from workflow_scripts.methods import METHODS, negative_columns
+from workflow_scripts.logprobs import token_logps
 from workflow_scripts.losses import (
     LOSSES, Batch, dft2_loss, dft_loss, dpo_bmc_loss, dynft_loss, kto_loss, sft_loss, simpo_loss,
 )
@@ -269,15 +269,15 @@ def test_token_logps_against_full_log_softmax():
 def test_chunked_label_log_probs_match_autograd_of_log_softmax(monkeypatch, dtype):
     """Values and gradients of the chunked LabelLogProbs equal a full float64 log-softmax, with
     chunks that split sequences (5 positions of a 13-word vocabulary per chunk)."""
-    from workflow_scripts import encoding
+    from workflow_scripts import logprobs
 
-    monkeypatch.setattr(encoding, "CHUNK_ELEMENTS", 5 * 13)
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 5 * 13)
     g = torch.Generator().manual_seed(1)
     logits = (torch.randn(3, 12, 13, generator=g, dtype=torch.float64) * 3).to(dtype)
     ids = torch.randint(0, 13, (3, 12), generator=g)
     weights = torch.randn(3, 11, generator=g, dtype=torch.float64)
     ours = logits.detach().clone().requires_grad_()
-    got = encoding.LabelLogProbs.apply(ours, ids[:, 1:])
+    got = logprobs.LabelLogProbs.apply(ours, ids[:, 1:])
     (got.double() * weights).sum().backward()
     ref = logits.detach().double().requires_grad_()
     expected = torch.log_softmax(ref[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -344,7 +344,7 @@ def test_shared_prompt_forward_equals_one_forward_per_row(attn):
     gradients agree up to the float32 inside the model (RMSNorm, softmax)."""
     import random
 
-    from workflow_scripts import encoding
+    from workflow_scripts import logprobs
     from workflow_scripts.encoding import Encoded, Example
 
     model, rng = _llama(attn), random.Random(0)
@@ -355,8 +355,8 @@ def test_shared_prompt_forward_equals_one_forward_per_row(attn):
                 for _ in range(3)]
         examples.append(Example(f"e{i}", rows[0], rows[1:]))
     results = []
-    for path in (lambda: encoding._shared_prompt_logps(model, examples, 0),
-                 lambda: encoding._rows_logps(model, [e.rows[j] for j in range(3) for e in examples], 0)):
+    for path in (lambda: logprobs._shared_prompt_logps(model, examples, 0),
+                 lambda: logprobs._rows_logps(model, [e.rows[j] for j in range(3) for e in examples], 0)):
         model.zero_grad()
         logps, mask, ids = path()
         (logps * torch.arange(logps.numel(), dtype=logps.dtype).view_as(logps).sin()).sum().backward()
@@ -374,17 +374,17 @@ def test_shared_prompt_forward_equals_one_forward_per_row(attn):
 
 
 def test_forward_shares_prompts_only_when_every_row_has_the_same_prompt(monkeypatch):
-    from workflow_scripts import encoding
+    from workflow_scripts import encoding, logprobs
     from workflow_scripts.encoding import Encoded, Example
 
     same = Example("a", Encoded([1, 2, 3, 4], 2, False), [Encoded([1, 2, 5], 2, False)])
     cut = Example("b", Encoded([1, 2, 3, 4], 2, False), [Encoded([2, 5, 6, 7], 1, True)])  # a truncated prompt
     used = []
-    monkeypatch.setattr(encoding, "_shared_prompt_logps", lambda *a: used.append("shared") or real_rows(*a))
-    real_rows = lambda model, examples, pad: encoding._rows_logps(  # noqa: E731
+    monkeypatch.setattr(logprobs, "_shared_prompt_logps", lambda *a: used.append("shared") or real_rows(*a))
+    real_rows = lambda model, examples, pad: logprobs._rows_logps(  # noqa: E731
         model, [e.rows[j] for j in range(2) for e in examples], pad)
     model = _llama("sdpa")
-    encoding.forward_logps(model, [same], 0)
-    encoding.forward_logps(model, [same, cut], 0)
+    logprobs.forward_logps(model, [same], 0)
+    logprobs.forward_logps(model, [same, cut], 0)
     assert used == ["shared"]
     assert encoding.shared_prompt(same.rows) and not encoding.shared_prompt(cut.rows)

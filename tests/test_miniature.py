@@ -12,7 +12,8 @@ import yaml
 from test_experiments import EXPERIMENTS, SCHEMA, ids, load
 from test_workflow import failure_report, planned_jobs, snakemake
 from workflow_scripts import plan
-from workflow_scripts.config import FASTCHAT_METRICS, check_config, runs_model_here
+from workflow_scripts.config import check_config
+from workflow_scripts.eval_kinds import FASTCHAT_METRICS, runs_model_here
 from workflow_scripts.miniature import (
     EXAMPLES, LOCAL_JUDGE, MINIATURE_VALUES, NoStandIn, main, miniaturize, offline_evals, offline_gaps,
 )

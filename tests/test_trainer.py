@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from workflow_scripts import refcache, train
 from workflow_scripts.io import InputError
-from workflow_scripts.config import METHODS, negative_columns, negatives_required, refcache_settings
+from workflow_scripts.methods import METHODS, negative_columns, negatives_required, refcache_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_HP = {"lr": 1e-3, "epochs": 2, "batch_size": 16, "micro_batch_size": 4, "warmup_ratio": 0.1, "weight_decay": 0.0,

@@ -33,7 +33,8 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer  # noqa: E402
 
 from workflow_scripts import losses  # noqa: E402
-from workflow_scripts.encoding import encode_examples, forward_logps, render_prompt  # noqa: E402
+from workflow_scripts.encoding import encode_examples, render_prompt  # noqa: E402
+from workflow_scripts.logprobs import forward_logps  # noqa: E402
 from workflow_scripts.tiny_world import train_tokenizer  # noqa: E402
 
 # TRL's configs still carry transformers' deprecated `gradient_checkpointing` argument

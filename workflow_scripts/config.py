@@ -6,76 +6,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 import jsonschema
 import yaml
 
 from . import chat_templates
+from .eval_kinds import HEAD2HEAD_METRICS, annotator_configs, eval_metrics, runs_model_here
+from .methods import METHODS, negatives_required
 
 NAME = re.compile(r"^[A-Za-z0-9_]+$")
-COMMON_KEYS = ["method", "lr", "epochs", "batch_size", "micro_batch_size", "warmup_ratio", "weight_decay",
-               "max_grad_norm", "adam_betas", "adam_eps", "schedule", "dtype", "max_length", "max_prompt_length",
-               "prompt_format", "response_format", "over_long_prompts", "lora", "checkpoint_every", "keep_checkpoints", "precision",
-               "gradient_checkpointing", "attn_implementation"]
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method reads and needs; the loss itself is `losses.LOSSES[name]`."""
-    keys: tuple[str, ...]        # hyper-parameters it reads beyond COMMON_KEYS
-    negatives: int | str         # negatives per example in one step: a number or "m"
-    needs_ref: bool
-    stateful: bool = False       # keeps a per-example state (DFT's u), checkpointed
-    token_ref: bool = False      # needs the reference's per-token log-probs (DPO-BMC)
-    edit_mask: bool = False      # needs the DPO-BMC token-difference mask
-    kl_pairs: bool = False       # needs KTO's mismatched (prompt, completion) pairs
-
-    def n_negatives(self, hp: dict) -> int:
-        """Negatives per example in a step; unpaired (labelled) data has none."""
-        if hp.get("unpaired"):
-            return 0
-        return hp["m"] if self.negatives == "m" else self.negatives
-
-
-DFT_KEYS = ("tau", "gamma", "m", "sample", "reset_visited")
-METHODS = {
-    "sft": MethodSpec((), 0, needs_ref=False),
-    "dynft": MethodSpec(("alpha",), 0, needs_ref=False),
-    "dpo": MethodSpec(("beta",), 1, needs_ref=True),
-    "scdpo": MethodSpec(("beta",), 1, needs_ref=True),
-    "spin": MethodSpec(("beta",), 1, needs_ref=True),
-    "dpo_bmc": MethodSpec(("beta", "delta", "bmc_weight_reference"), 1, needs_ref=True, token_ref=True,
-                          edit_mask=True),
-    "simpo": MethodSpec(("beta", "gamma_beta_ratio"), 1, needs_ref=False),
-    "simpo_sft": MethodSpec(("beta", "gamma_beta_ratio", "sft_weight"), 1, needs_ref=False),
-    "kto": MethodSpec(("beta", "desirable_weight", "undesirable_weight", "unpaired"), 1, needs_ref=True,
-                      kl_pairs=True),
-    "dft": MethodSpec(DFT_KEYS, "m", needs_ref=True, stateful=True),
-    "dft2": MethodSpec(DFT_KEYS, "m", needs_ref=False, stateful=True),
-}
-
-
-def negative_columns(method: str, hp: dict, epoch: int) -> list[int]:
-    """Negative columns used in an epoch: e*m..(e+1)*m-1 with `sample: true`, else 0..m-1."""
-    m = METHODS[method].n_negatives(hp)
-    start = epoch * m if hp.get("sample") else 0
-    return list(range(start, start + m))
-
-
-def negatives_required(method: str, hp: dict) -> int:
-    """How many negatives per example the data must hold for the whole run."""
-    m = METHODS[method].n_negatives(hp)
-    return m * hp["epochs"] if hp.get("sample") else m
-
-
-def refcache_settings(hp: dict) -> dict:
-    """The encoding settings a reference cache shares with the runs that read it (its digest)."""
-    spec = METHODS[hp["method"]]
-    return {"max_length": hp["max_length"], "max_prompt_length": hp["max_prompt_length"],
-            "prompt_format": hp.get("prompt_format"), "response_format": hp.get("response_format"),
-            "over_long_prompts": hp.get("over_long_prompts", "truncate"),
-            "token_level": spec.token_ref, "kl_pairs": spec.kl_pairs}
 
 
 class ConfigError(Exception):
@@ -215,54 +154,6 @@ def _check_table(name: str, t: dict, config: dict, need) -> None:
     for row in t["rows"]:
         need(f"tables.{name}.rows", row, runs if pairwise else {**config["models"], **runs},
              "run (a pairwise eval compares a run with its starting model)" if pairwise else "run or model")
-
-
-MATH_METRICS = ("accuracy", "answered")
-HEAD2HEAD_METRICS = {
-    "alpaca_eval": ("win_rate", "standard_error", "discrete_win_rate", "n_wins", "n_wins_base", "n_draws",
-                    "n_total", "avg_length"),
-    "pairwise": ("win", "tie", "loss", "adjusted_win_rate", "n_total"),
-}
-# FastChat's pairwise result columns (counts, then fractions of the judged matches) and the failures
-FASTCHAT_METRICS = ("win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adjusted", "n_judged", "judge_failures",
-                    "n_total")
-
-
-def runs_model_here(judge: dict) -> bool:
-    """Whether a judge runs a configured model in the job (a GPU job on the cluster)."""
-    return judge["kind"] == "local" or (judge["kind"] == "fastchat" and judge["via"] == "local")
-
-
-def metric_list(task: dict) -> list[str]:
-    """An lm-eval task's kept metrics (`metric` is one name or a list)."""
-    return [task["metric"]] if isinstance(task["metric"], str) else list(task["metric"])
-
-
-def eval_metrics(e: dict) -> dict[str, set[str]]:
-    """Task -> the metrics an eval's JSON holds (what a table column may name)."""
-    if e["kind"] == "lm_eval":
-        return {t["task"]: set(metric_list(t)) for t in e["tasks"]}
-    if e["kind"] == "math":
-        return {a: set(MATH_METRICS) for a in e["answer_sets"]}
-    if e["judge"]["kind"] == "fastchat":
-        return {e["kind"]: set(FASTCHAT_METRICS)}
-    metrics = set(HEAD2HEAD_METRICS[e["kind"]])
-    if e["kind"] == "alpaca_eval" and e["difficulty_file"]:
-        metrics |= {"length_controlled_winrate", "lc_standard_error"}
-    return {e["kind"]: metrics}
-
-
-def annotator_configs() -> set[str] | None:
-    """The annotator configs alpaca_eval ships (found without importing it); None where it is not installed
-    (e.g. the node that only plans: the judging job checks again)."""
-    from importlib.util import find_spec
-    from pathlib import Path
-
-    spec = find_spec("alpaca_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(spec.submodule_search_locations[0]) / "evaluators_configs"
-    return {p.parent.name for p in root.glob("*/configs.yaml")}
 
 
 def _check_eval(name: str, e: dict, config: dict, need) -> None:
@@ -470,9 +361,3 @@ def check_config(config: dict, schema_path: str) -> dict:
     return config
 
 
-def run_hyperparameters(run: dict, seed: int) -> dict:
-    """Only the keys the run's method reads, so that an unrelated default never reruns it."""
-    keys = COMMON_KEYS + list(METHODS[run["method"]].keys)
-    hp = {k: run[k] for k in keys if k in run}
-    hp["seed"] = seed
-    return hp

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from . import chat_templates
-from .config import metric_list
+from .eval_kinds import metric_list
 from .io import InputError, run_cli, sha256_file, sha256_tree, write_eval
 from .models import default_device, model_identity, vllm_engine_args
 from .nltk_resources import needs_punkt, require

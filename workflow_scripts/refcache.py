@@ -22,7 +22,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from . import chat_templates
-from .encoding import encode_examples, forward_logps
+from .encoding import encode_examples
+from .logprobs import forward_logps
 from .io import atomic_path, run_cli, sha256_file, write_json
 from .models import default_device, load_model, load_tokenizer
 from .records import read_pairs

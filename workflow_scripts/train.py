@@ -30,9 +30,9 @@ from .bmc import edit_masks, stopword_ids
 from .records import iter_pairs
 from .distributed import make_accelerator, precision, prepare_reference, start_processes
 from .encoded import EncodedRecords, encode_once
-from .encoding import forward_logps
+from .logprobs import forward_logps
 from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
-from .config import METHODS, negative_columns, negatives_required, refcache_settings
+from .methods import METHODS, negative_columns, negatives_required, refcache_settings
 from .losses import LOSSES, Batch, kto_kl
 from .models import (
     load_model, load_tokenizer, save_model_folder, template_digest, tokenizer_digest, weights_digest,

@@ -7,7 +7,7 @@ import hashlib
 import os
 from dataclasses import replace
 
-from ..config import METHODS, negatives_required, refcache_settings, run_hyperparameters
+from ..methods import METHODS, negatives_required, refcache_settings, run_hyperparameters
 from .base import R, ModelOf, ModelRef, Section, code, engine_params, js, pattern, python, split_file
 
 
