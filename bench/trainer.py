@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from workflow_scripts import refcache, train
+from workflow_scripts.config import run_settings
 from workflow_scripts.methods import negative_columns, negatives_required, refcache_settings
 from workflow_scripts.records import read_pairs
 from workflow_scripts.encoding import encode_examples, shared_prompt
@@ -42,7 +43,7 @@ def tokens_processed(model: str, data: str, hp: dict) -> tuple[int, int]:
 
 def build_cache(model: str, data: str, hp: dict, path: Path) -> str:
     """The run's reference cache, by the workflow's own stage."""
-    settings = {**refcache_settings(hp), "shard_size": 2048, "dtype": hp["dtype"], "batch_size": 8,
+    settings = {**refcache_settings(run_settings(hp)), "shard_size": 2048, "dtype": hp["dtype"], "batch_size": 8,
                 "negatives": negatives_required(hp["method"], hp)}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(path)])
     return str(path)

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from workflow_scripts.methods import negative_columns, negatives_required
-from workflow_scripts.records import read_pairs
+from workflow_scripts.config import run_settings
 from workflow_scripts.encoding import encode_examples, render_prompt
+from workflow_scripts.methods import negative_columns, negatives_required
 from workflow_scripts.models import load_model, load_tokenizer
+from workflow_scripts.records import read_pairs
 from workflow_scripts.train import epoch_order
 
 from .common import ROOT
@@ -179,6 +180,7 @@ def run_side(side: str, model: str, data: str, hp: dict, cache: str | None) -> d
 def compare(model: str, data: str, hp: dict, goal_speedup: float | None = None,
             goal_memory: float | None = None) -> dict:
     """Ours and TRL's trainer of hp's method on the model and data, side by side."""
+    hp = run_settings(hp)  # the schema's defaults, as the trainer reads them
     with tempfile.TemporaryDirectory() as tmp:
         cache = build_cache(model, data, hp, Path(tmp) / "ref.safetensors") if hp["method"] in ("dpo", "kto") else None
         mine = run_side("ours", model, data, hp, cache)

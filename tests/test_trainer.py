@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from workflow_scripts import refcache, train
+from workflow_scripts.config import run_settings
 from workflow_scripts.io import InputError
 from workflow_scripts.methods import METHODS, negative_columns, negatives_required, refcache_settings
 
@@ -33,7 +34,8 @@ METHOD_HP = {
 
 
 def hp_for(method, **extra):
-    return {**BASE_HP, "method": method, **METHOD_HP.get(method, {}), **extra}
+    """A run's settings as the trainer reads them: the schema's defaults filled in, every type checked."""
+    return run_settings({**BASE_HP, "method": method, **METHOD_HP.get(method, {}), **extra})
 
 
 def run_train(model, data, outdir, hp, *extra):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from .io import sha256_file
 
-
 SKIPPED_PARTS = {"checkpoints", "logs", "benchmarks", "tracking"}  # tracking: the trackers' own logs
 
 

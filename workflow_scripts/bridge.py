@@ -24,10 +24,10 @@ from rapidfuzz.distance import Levenshtein
 
 from . import chat_templates
 from .backends import Request, Sampling, request_seed
-from .records import read_pairs
 from .generation import LazyBackend, fingerprint, prompt_ids
 from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
 from .models import load_tokenizer, model_identity
+from .records import read_pairs
 from .shards import run_in_shards
 
 SYNTHETIC_REPAIR = "synthetic_repair"

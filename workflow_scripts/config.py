@@ -5,14 +5,16 @@ Kept free of torch so that planning stays fast. Every error names the key path.
 from __future__ import annotations
 
 import math
+import os
 import re
+from functools import cache
 
 import jsonschema
 import yaml
 
 from . import chat_templates
 from .eval_kinds import HEAD2HEAD_METRICS, annotator_configs, eval_metrics, runs_model_here
-from .methods import METHODS, negatives_required
+from .methods import COMMON_KEYS, METHODS, negatives_required
 
 NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -49,6 +51,37 @@ def validate_schema(config: dict, schema_path: str) -> None:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ConfigError(f"config error at {where}: {e.message}")
+
+
+SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "config.schema.yaml")
+
+
+@cache
+def _schema() -> dict:
+    with open(SCHEMA) as f:
+        return yaml.safe_load(f)
+
+
+def run_settings(params: dict) -> dict:
+    """A training job's settings: the keys its method reads (methods.run_hyperparameters) and the seed, each
+    checked against the type the schema gives runs, the absent ones filled with the schema's default, so that a
+    default lives in the schema only. A key the method does not read, or one without a default, is refused."""
+    if params.get("method") not in METHODS:
+        raise ConfigError(f"run settings: method {params.get('method')!r} is not one of {sorted(METHODS)}")
+    schema, keys = _schema(), [*COMMON_KEYS, *METHODS[params["method"]].keys]
+    run = schema["properties"]["runs"]["additionalProperties"]["properties"]
+    unknown = set(params) - set(keys) - {"seed"}
+    if unknown:
+        raise ConfigError(f"run settings: {sorted(unknown)} not read by method {params['method']!r}")
+    settings = dict(params)
+    typed = {"$defs": schema["$defs"], "type": "object", "required": ["seed"],
+             "properties": {"seed": {"type": "integer"}, **{k: run[k] for k in keys if k in run}}}
+    for e in _with_defaults(jsonschema.Draft202012Validator)(typed).iter_errors(settings):
+        raise ConfigError(f"run settings at {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}")
+    missing = [k for k in keys if k not in settings and k in run]
+    if missing:
+        raise ConfigError(f"run settings: {missing} missing (the schema has no default)")
+    return settings
 
 
 DATA_SECTIONS = ("datasets", "generations", "step_controlled", "bridges", "unpaired")  # what a run's `data` names

@@ -17,12 +17,9 @@ import re
 from pathlib import Path
 
 from .conversations import ConversationError, check_mapped_turns
-from .io import (
-    InputError, read_json, read_jsonl_numbered, require_unique_ids, run_cli, write_jsonl,
-)
-from .revisions import require_pinned
+from .io import InputError, read_json, read_jsonl_numbered, require_unique_ids, run_cli, write_jsonl
 from .records import validate_record
-
+from .revisions import require_pinned
 
 PATH_STEP = re.compile(r"\[(-?\d+)\]|\.([A-Za-z_][A-Za-z0-9_]*)")
 

@@ -2,7 +2,6 @@
 whether a judge runs a model in the job."""
 from __future__ import annotations
 
-
 MATH_METRICS = ("accuracy", "answered")
 
 

@@ -19,11 +19,10 @@ import statistics
 from pathlib import Path
 
 from . import chat_templates
-from .records import validate_record
 from .io import InputError, read_jsonl, run_cli, sha256_file, write_eval
 from .judges import DRAW, JudgeModel, load_judge
-from .records import answer_rows
 from .mt_bench import PROMPTS_FILE, tally
+from .records import answer_rows, validate_record
 from .shards import run_in_shards
 from .versions import package_versions
 

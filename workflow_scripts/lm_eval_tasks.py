@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .records import validate_record
 from .io import atomic_path, read_jsonl, run_cli
+from .records import validate_record
 
 ANSWER_REGEX = r"#### (\-?[0-9\.\,]+)"
 

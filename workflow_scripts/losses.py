@@ -134,7 +134,7 @@ def simpo_loss(b: Batch, hp: dict, state=None) -> LossOutput:
     metrics = {"rewards/accuracy": (margin > 0).float().mean().item(),
                "rewards/margin": hp["beta"] * margin.mean().item(),
                "logps/chosen": means[:, 0].mean().item(), "logps/rejected": means[:, 1].mean().item()}
-    if hp.get("sft_weight", 0.0) > 0:
+    if hp.get("sft_weight"):  # simpo_sft (plain simpo does not read it)
         nll = _token_nll(b.logps[:, 0], b.mask[:, 0])
         loss = loss + hp["sft_weight"] * nll
         metrics["sft_nll"] = nll.item()

@@ -13,8 +13,8 @@ import argparse
 from collections.abc import Iterator
 from itertools import islice
 
-from .records import validate_record
 from .io import InputError, iter_jsonl_numbered, run_cli, seed_files, write_jsonl
+from .records import validate_record
 
 
 def validate_generation(record: dict, error) -> None:

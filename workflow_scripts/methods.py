@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 COMMON_KEYS = ["method", "lr", "epochs", "batch_size", "micro_batch_size", "warmup_ratio", "weight_decay",
                "max_grad_norm", "adam_betas", "adam_eps", "schedule", "dtype", "max_length", "max_prompt_length",
                "prompt_format", "response_format", "over_long_prompts", "lora", "checkpoint_every", "keep_checkpoints", "precision",
@@ -70,8 +69,8 @@ def refcache_settings(hp: dict) -> dict:
     """The encoding settings a reference cache shares with the runs that read it (its digest)."""
     spec = METHODS[hp["method"]]
     return {"max_length": hp["max_length"], "max_prompt_length": hp["max_prompt_length"],
-            "prompt_format": hp.get("prompt_format"), "response_format": hp.get("response_format"),
-            "over_long_prompts": hp.get("over_long_prompts", "truncate"),
+            "prompt_format": hp["prompt_format"], "response_format": hp["response_format"],
+            "over_long_prompts": hp["over_long_prompts"],
             "token_level": spec.token_ref, "kl_pairs": spec.kl_pairs}
 
 

@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 
 from .io import (
-    WEIGHT_SUFFIXES, InputError, atomic_path, check_digest, combine_digests, forget_digest, is_weight_file, record_digest,
-    sha256_file, sha256_tree,
+    WEIGHT_SUFFIXES, InputError, atomic_path, check_digest, combine_digests, forget_digest, is_weight_file,
+    record_digest, sha256_file, sha256_tree,
 )
 from .revisions import require_pinned
 

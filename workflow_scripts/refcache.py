@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from . import chat_templates
 from .encoding import encode_examples
-from .logprobs import forward_logps
 from .io import atomic_path, run_cli, sha256_file, write_json
+from .logprobs import forward_logps
 from .models import default_device, load_model, load_tokenizer
 from .records import read_pairs
 from .reference_cache import expected_digests

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from .io import InputError, read_json, sha256_file
 from .models import tokenizer_digest, weights_digest
 
-
 SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "response_format", "token_level", "kl_pairs")
 
 

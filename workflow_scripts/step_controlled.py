@@ -21,10 +21,10 @@ import torch
 
 from .answers import check
 from .backends import Request, Sampling, request_seed
-from .records import validate_record
 from .generation import LazyBackend, add_generation_arguments, fingerprint, prompt_ids
 from .io import InputError, read_jsonl, run_cli, seed_files, write_jsonl
 from .models import load_tokenizer, model_identity
+from .records import validate_record
 from .shards import run_in_shards
 
 

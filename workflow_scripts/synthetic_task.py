@@ -45,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import random
 
-
 HUB_FORMATS = {
     "openai/gsm8k": "gsm8k", "meta-math/MetaMathQA": "metamathqa", "HuggingFaceH4/MATH-500": "math",
     "HuggingFaceH4/ultrafeedback_binarized": "ultrafeedback",

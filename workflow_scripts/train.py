@@ -27,16 +27,15 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from . import chat_templates, checkpoint, tracking
 from .bmc import edit_masks, stopword_ids
-from .records import iter_pairs
+from .config import run_settings
 from .distributed import make_accelerator, precision, prepare_reference, start_processes
 from .encoded import EncodedRecords, encode_once
-from .logprobs import forward_logps
 from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
-from .methods import METHODS, negative_columns, negatives_required, refcache_settings
+from .logprobs import forward_logps
 from .losses import LOSSES, Batch, kto_kl
-from .models import (
-    load_model, load_tokenizer, save_model_folder, template_digest, tokenizer_digest, weights_digest,
-)
+from .methods import METHODS, negative_columns, negatives_required, refcache_settings
+from .models import load_model, load_tokenizer, save_model_folder, template_digest, tokenizer_digest, weights_digest
+from .records import iter_pairs
 from .reference_cache import RefCache, expected_digests
 from .versions import package_versions
 
@@ -204,7 +203,7 @@ class Trainer:
         hp = self.hp
         return iter_pairs(self.args.data, negatives_required(hp["method"], hp),
                           f"run '{self.args.run}' ({hp['method']}, m={hp.get('m')}, epochs={hp['epochs']}, "
-                          f"sample={hp.get('sample', False)})", labelled=bool(hp.get("unpaired")))
+                          f"sample={hp.get('sample')})", labelled=bool(hp.get("unpaired")))
 
     def _encoded_records(self, data_digest: str) -> EncodedRecords:
         """The records tokenised once, by the main process (workflow_scripts/encoded.py), then mapped by all."""
@@ -266,7 +265,7 @@ class Trainer:
         self.optimizer.step(), self.scheduler.step(), self.optimizer.zero_grad()
         self.step += 1
         if self.method.stateful and self.world > 1 and epoch_end:
-            _average_state(self.accelerator, self.u, self.visited, self.hp.get("reset_visited", True))
+            _average_state(self.accelerator, self.u, self.visited, self.hp["reset_visited"])
         loss = self.accelerator.reduce(torch.tensor(totals["loss"], device=self.accelerator.device), "mean").item()
         self.log.append({"step": self.step, "epoch": epoch, **totals, "loss": loss,
                          "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
@@ -401,7 +400,7 @@ def main(argv: list[str] | None) -> None:
     chat_templates.add_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    Trainer(args, json.loads(args.params)).run()
+    Trainer(args, run_settings(json.loads(args.params))).run()
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import json
 from collections import Counter
 
 from .answers import check
-from .records import read_pairs
 from .io import InputError, run_cli, write_jsonl
+from .records import read_pairs
 
 
 def unpair(records: list[dict], samples: int) -> tuple[list[dict], Counter]:

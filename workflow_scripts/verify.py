@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .io import combine_digests, is_weight_file, read_json, recorded_digest
 from .artifacts import artifact_digests, is_artifact
+from .io import combine_digests, is_weight_file, read_json, recorded_digest
 
 
 def recorded_problems(results: Path, digests: dict[str, str]) -> list[str]:

@@ -8,10 +8,12 @@ One section per group of rules (`Plan.generation` for rules generate and merge, 
 """
 from __future__ import annotations
 
-from .base import R, ModelRef, code, js, json_file
+from .base import ModelRef, R, code, js, json_file
 from .evaluation import AnswerGroups, Head2Head, LmEval, MathEval
-from .instances import (ENGINE_KEYS, answer_groups, answer_set_needs, evaluated, group_of, head2head_reference,
-                        subject_model_name, subjects)
+from .instances import (
+    ENGINE_KEYS, answer_groups, answer_set_needs, evaluated, group_of, head2head_reference, subject_model_name,
+    subjects,
+)
 from .outputs import Outputs
 from .training import RefCache, Spin, Train
 from .training_data import Bridge, Generation, StepControlled, Unpaired

@@ -7,7 +7,7 @@ import os
 
 from ..eval_kinds import runs_model_here
 from ..nltk_resources import RESOURCE, needs_punkt
-from .base import R, ModelOf, ModelRef, Section, code, engine_env, js, pattern, python, split_file
+from .base import ModelOf, ModelRef, R, Section, code, engine_env, js, pattern, python, split_file
 from .instances import answer_groups, group_of, head2head_reference, subject_model_name
 
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import replace
 
 from ..methods import METHODS, negatives_required, refcache_settings, run_hyperparameters
-from .base import R, ModelOf, ModelRef, Section, code, engine_params, js, pattern, python, split_file
+from .base import ModelOf, ModelRef, R, Section, code, engine_params, js, pattern, python, split_file
 
 
 class Runs(Section):

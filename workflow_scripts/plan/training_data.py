@@ -2,7 +2,7 @@
 merge, step-controlled pairs, bridged pairs and unpaired (labelled) data."""
 from __future__ import annotations
 
-from .base import NO_MODEL, R, ModelOf, Section, engine_params, js, python, split_file
+from .base import NO_MODEL, ModelOf, R, Section, engine_params, js, python, split_file
 
 
 class Seeded(Section):
