@@ -12,9 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from workflow_scripts import refcache, train
-from workflow_scripts.config import run_settings
+from workflow_scripts.config import ConfigError, check_config, run_settings
 from workflow_scripts.io import InputError
-from workflow_scripts.methods import METHODS, negative_columns, negatives_required, refcache_settings
+from workflow_scripts.methods import (
+    COMMON_KEYS, METHODS, negative_columns, negatives_required, refcache_settings, run_hyperparameters,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_HP = {"lr": 1e-3, "epochs": 2, "batch_size": 16, "micro_batch_size": 4, "warmup_ratio": 0.1, "weight_decay": 0.0,
@@ -46,6 +48,34 @@ def run_train(model, data, outdir, hp, *extra):
     train.main(["--params", json.dumps(hp), "--run", "t", "--model", model, "--data", data,
                 "--outdir", str(outdir), *extra])
     return [json.loads(line) for line in (Path(outdir) / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_run_settings_take_their_defaults_and_types_from_the_schema_only():
+    import yaml
+
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+    runs = schema["properties"]["runs"]["additionalProperties"]["properties"]
+    given = {"method": "dft", "lr": 1e-3, "epochs": 1, "batch_size": 4, "seed": 0}
+    settings = run_settings(given)
+    assert set(settings) == {*given, *(k for k in [*COMMON_KEYS, *METHODS["dft"].keys] if k in runs)}
+    assert all(settings[k] == runs[k]["default"] for k in settings if k not in given)
+    assert settings["reset_visited"] is True and settings["over_long_prompts"] == "truncate"
+    for bad, message in [({**given, "lr": "fast"}, "at lr: 'fast' is not of type 'number'"),
+                         ({**given, "beta": 0.1}, r"\['beta'\] not read by method 'dft'"),
+                         ({**given, "method": "simpo"}, r"\['gamma_beta_ratio'\] missing"),
+                         ({**given, "method": "dpx"}, "method 'dpx' is not one of")]:
+        with pytest.raises(ConfigError, match=message):
+            run_settings(bad)
+
+
+def test_the_workflow_passes_complete_run_settings():
+    """What the plan passes a training job is already complete: the trainer adds nothing to it."""
+    import yaml
+
+    config = check_config(yaml.safe_load((ROOT / "config.yaml").read_text()), str(ROOT / "schemas/config.schema.yaml"))
+    for name, run in config["runs"].items():
+        params = run_hyperparameters(run, 42)
+        assert run_settings(params) == params, name
 
 
 @pytest.mark.parametrize("method", ["dpo", "kto", "dpo_bmc", "dft"])
