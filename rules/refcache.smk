@@ -4,6 +4,7 @@
 rule refcache:
     input:
         script=code("refcache"),
+        launch=code("launch"),
         data=P.refcache.data,
         model=P.refcache.model.files,
     output:
@@ -15,6 +16,8 @@ rule refcache:
     wildcard_constraints:
         cache=P.refcache.names(),
     threads: config["refcache"]["threads"]
+    resources:
+        gpu=config["refcache"]["processes"],  # a resource, not a param: the cache's bytes do not depend on it
     log:
         f"{R}/logs/refcache/{{cache}}.log",
     benchmark:
@@ -22,5 +25,5 @@ rule refcache:
     conda:
         "../envs/train.yaml"
     shell:
-        "python -m workflow_scripts.refcache --params {params.spec:q} {params.model} --data {input.data} "
+        "python -m workflow_scripts.launch --processes {resources.gpu} workflow_scripts.refcache --params {params.spec:q} {params.model} --data {input.data} "
         "--output {output.tensors} --threads {threads} > {log} 2>&1"

@@ -114,6 +114,7 @@ def test_profile_sets_site_values_in_one_place():
         assert (res["gpu_model"], res["slurm_partition"]) == ("YOUR_GPU_MODEL", "YOUR_GPU_PARTITION"), rule
         assert res["cpus_per_gpu"] >= 1 and "cpus_per_task" not in res and res["nodes"] == 1, rule
     assert "gpu" not in profile["set-resources"]["train"]  # the run's `processes`, from rules/train.smk
+    assert "gpu" not in profile["set-resources"]["refcache"]  # config `refcache.processes`, from rules/refcache.smk
 
 
 def test_every_rule_is_local_or_has_resources_in_the_profile():
@@ -159,7 +160,8 @@ def test_dry_run_with_the_profile_shows_gpu_requests(experiment, tmp_path):
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-5000:]
     jobs = plan(text)
-    gpus, runs = gpu_rules(load_profile()), yaml.safe_load(experiment.read_text())["runs"]
+    config = yaml.safe_load(experiment.read_text())
+    gpus, runs = gpu_rules(load_profile()), config["runs"]
     assert any(j["rule"] == "train" for j in jobs) == bool(runs)  # the released checkpoints train nothing
     assert any(j["rule"] in gpus - {"train"} for j in jobs)
     for job in jobs:
@@ -174,6 +176,8 @@ def test_dry_run_with_the_profile_shows_gpu_requests(experiment, tmp_path):
                 run = job["wildcards"]["run"]
                 expected = runs[run].get("processes", 1) if run in runs else None  # SPIN iterations: their run's
                 assert expected is None or int(res["gpu"]) == expected, job
+            if job["rule"] == "refcache":
+                assert int(res["gpu"]) == config.get("refcache", {}).get("processes", 1), job
         else:
             assert "gpu" not in res and "gpu_model" not in res, job
             assert res["slurm_partition"] == "YOUR_CPU_PARTITION", job

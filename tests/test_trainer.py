@@ -124,7 +124,8 @@ def test_refcache_with_other_settings_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dpo")
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "shard_size": 16, "max_length": 100, "batch_size": 8, "negatives": 1}
+    settings = {**refcache_settings(hp), "shard_size": 16, "max_length": 100, "batch_size": 8, "negatives": 1,
+                "dtype": hp["dtype"]}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     with pytest.raises(Exception, match="settings digest differs"):
         run_train(model, data, tmp_path / "out", hp, "--ref-model", model, "--refcache", str(cache))
@@ -140,7 +141,7 @@ def test_refcache_of_other_inputs_is_refused_naming_the_digest(tiny_world, tmp_p
     model, data = tiny_world
     hp = hp_for("dpo")
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 1}
+    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 1, "dtype": hp["dtype"]}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     model_copy, data_copy = tmp_path / "model", tmp_path / "data.jsonl"
     shutil.copytree(model, model_copy)
@@ -179,7 +180,7 @@ def test_refcache_with_too_few_negatives_is_refused(tiny_world, tmp_path):
     model, data = tiny_world
     hp = hp_for("dft")  # sample: true, m 2, 2 epochs -> negatives 0..3
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 2}
+    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 2, "dtype": hp["dtype"]}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     with pytest.raises(Exception, match="the cache holds 2 negatives per example; this run reads negative 3"):
         run_train(model, data, tmp_path / "out", hp, "--ref-model", model, "--refcache", str(cache))
@@ -284,7 +285,7 @@ def test_a_damaged_reference_cache_is_refused_naming_the_file(tiny_world, tmp_pa
     model, data = tiny_world
     hp = hp_for("dpo")
     cache = tmp_path / "ref.safetensors"
-    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 1}
+    settings = {**refcache_settings(hp), "shard_size": 16, "batch_size": 8, "negatives": 1, "dtype": hp["dtype"]}
     refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(cache)])
     blob = cache.read_bytes()
     cache.write_bytes(blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:] if damage == "flip" else blob[: len(blob) // 2])
@@ -592,6 +593,27 @@ def test_a_killed_reference_cache_resumes_from_its_shards_to_the_same_bytes(tiny
     assert int(re.search(r"(\d+) shards resumed", resumed).group(1)) >= 3 and not folder.exists()
     for suffix in (".safetensors", ".json"):
         assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes(), suffix
+
+
+def test_a_reference_cache_split_over_two_processes_is_the_one_built_by_one(tiny_world, tmp_path):
+    """Two processes (one per GPU on the cluster; gloo processes here) each compute every other shard, KTO's
+    cross-shard pairs and per-token values included; the first assembles a cache byte-identical to one
+    process's."""
+    model, data = tiny_world
+    settings = {**refcache_settings(hp_for("kto")), "token_level": True, "dtype": "float32", "batch_size": 2,
+                "shard_size": 8, "negatives": 1}
+    logs = {}
+    for n in (1, 2):
+        logs[n] = subprocess.run(
+            [sys.executable, "-m", "workflow_scripts.launch", "--processes", str(n), "workflow_scripts.refcache",
+             "--params", json.dumps(settings), "--model", model, "--data", data,
+             "--output", str(tmp_path / f"p{n}.safetensors")],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+        assert logs[n].returncode == 0, logs[n].stderr[-3000:]
+    computed = {int(i): int(c) for i, c in re.findall(r"process (\d) of 2: (\d+) shards computed", logs[2].stdout)}
+    assert set(computed) == {0, 1} and min(computed.values()) >= 1, logs[2].stdout
+    for suffix in (".safetensors", ".json"):
+        assert (tmp_path / f"p2{suffix}").read_bytes() == (tmp_path / f"p1{suffix}").read_bytes(), suffix
 
 
 @pytest.mark.parametrize("method, extra", [("kto", {}), ("dft", {"m": 1, "sample": True})])

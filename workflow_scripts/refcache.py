@@ -5,15 +5,18 @@ and the digests of reference weights, tokenizer + chat template, data file and e
 Training refuses a cache whose digests differ from its own inputs, naming the one that differs,
 and tensors that are not the ones recorded (changed or cut after they were written).
 
-Built in shards of `shard_size` records, each tokenised and forwarded on its own (memory holds one shard's
-tokens, not the dataset's) and kept in a hidden folder beside the output until the cache is whole: a killed
-job resumes from its finished shards.
+Built in shards of `shard_size` records, streamed from the data, each tokenised and forwarded on its own
+(memory holds one shard's records and tokens, not the dataset's) and kept in a hidden folder beside the output
+until the cache is whole: a killed job resumes from its finished shards. Under `launch --processes N` (one
+process per GPU) process i computes every N-th shard from the i-th, on its own device; the first process
+assembles the cache once all are written, so the bytes do not depend on N.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,31 +28,44 @@ from . import chat_templates
 from .encoding import encode_examples
 from .io import atomic_path, run_cli, sha256_file, write_json
 from .logprobs import forward_logps
-from .models import default_device, load_model, load_tokenizer
-from .records import read_pairs
+from .distributed import start_processes
+from .models import load_model, load_tokenizer
+from .records import iter_pairs
 from .reference_cache import expected_digests
 from .shards import kept_folder, shard_folder
 
 
 class ReferenceModel:
-    """The reference model and its tokenizer, loaded on first use (a resumed job with every shard done loads
-    neither)."""
+    """The reference model and its tokenizer, loaded on first use onto `device` (a resumed job with every shard
+    done loads neither)."""
 
     def __init__(self, model: str, revision: str | None, settings: dict, trust_remote_code: bool,
-                 chat_template: str | None):
-        self.args, self.settings, self.loaded = (model, revision, trust_remote_code, chat_template), settings, None
+                 chat_template: str | None, device):
+        self.args, self.settings, self.device, self.loaded = (model, revision, trust_remote_code, chat_template), \
+            settings, device, None
 
     def get(self):
         if self.loaded is None:
             model, revision, trust, template = self.args
             tokenizer = load_tokenizer(model, revision, trust, template)
-            net = load_model(model, revision, self.settings.get("dtype", "float32"), trust,
-                             self.settings.get("attn_implementation"))
-            self.loaded = tokenizer, net.to(default_device()).eval()
+            net = load_model(model, revision, self.settings["dtype"], trust, self.settings.get("attn_implementation"))
+            self.loaded = tokenizer, net.to(self.device).eval()
         return self.loaded
 
 
-def shard_tensors(reference: ReferenceModel, records: list[dict], rows: range, settings: dict,
+class ShardRecords(dict):
+    """A shard's records by their row in the whole file, with the row before its first (KTO's mismatched pair
+    of that row), and the file's length: what `encode_examples` indexes, so lines and pairs are the file's."""
+
+    def __init__(self, rows: dict[int, dict], total: int):
+        super().__init__(rows)
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+
+def shard_tensors(reference: ReferenceModel, records: ShardRecords, rows: range, settings: dict,
                   source: str) -> tuple[dict, int]:
     """The log-probs of the records in `rows`, tokenised here (memory holds one shard's tokens): summed [n, 1 + k]
     for (chosen, every negative); with `token_level` the per-token values (flat, row-major), with `kl_pairs`
@@ -75,27 +91,60 @@ def shard_tensors(reference: ReferenceModel, records: list[dict], rows: range, s
     return tensors, n_truncated
 
 
-def build(reference: ReferenceModel, data: str, settings: dict, output: str,
-          fingerprint: dict) -> tuple[dict, list[str], int, int]:
-    """The whole cache's tensors, its ids, truncation count and the number of shards resumed, computed in
-    resumable shards of `shard_size` records (`<output>`'s hidden shard folder, kept until the cache is written)."""
-    records = read_pairs(data, settings["negatives"], "the runs reading this reference cache")
+def shards(data: str, settings: dict) -> tuple[list[str], Iterator[tuple[int, ShardRecords, range]]]:
+    """The data's ids, and its shards one at a time, streamed (memory of one shard's records): (index, records,
+    rows). A first pass reads the ids and the last record (the mismatched pair of the first row)."""
+    reader = "the runs reading this reference cache"
+    ids, last = [], None
+    for r in iter_pairs(data, settings["negatives"], reader):
+        ids.append(r["id"])
+        last = r
+    size = settings["shard_size"]
+
+    def chunks():
+        chunk, previous = {}, {len(ids) - 1: last}
+        for i, r in enumerate(iter_pairs(data, settings["negatives"], reader)):
+            chunk[i] = r
+            if len(chunk) == size or i == len(ids) - 1:
+                start = i + 1 - len(chunk)
+                yield start // size, ShardRecords({**previous, **chunk}, len(ids)), range(start, i + 1)
+                chunk, previous = {}, {i: r}
+
+    return ids, chunks()
+
+
+def build(reference: ReferenceModel, data: str, settings: dict, output: str, fingerprint: dict,
+          state) -> tuple[list[str], int, int]:
+    """This process's shards of the cache (every `state.num_processes`-th, from its own `state.process_index`)
+    computed in `<output>`'s hidden shard folder, kept until the cache is written; resumable. Returns the ids and
+    the numbers of this process's shards computed and resumed."""
+    ids, todo = shards(data, settings)
     folder = kept_folder(shard_folder(output), fingerprint)
-    parts, n_truncated, resumed, size = [], 0, 0, settings["shard_size"]
-    for start in tqdm(range(0, len(records), size), desc="reference log-probs", mininterval=5):
-        path = folder / f"shard{start // size:06d}.safetensors"
+    computed = resumed = 0
+    for index, records, rows in tqdm(todo, desc="reference log-probs", mininterval=5,
+                                     disable=not state.is_main_process):
+        path = folder / f"shard{index:06d}.safetensors"
+        if index % state.num_processes != state.process_index:
+            continue
         if _finished(path):
             resumed += 1
-        else:
-            tensors, truncated = shard_tensors(reference, records, range(start, min(start + size, len(records))),
-                                               settings, data)
-            with atomic_path(path) as tmp:
-                save_file(tensors, str(tmp), metadata={"n_truncated": str(truncated)})
-        with safe_open(str(path), "pt") as f:
+            continue
+        tensors, truncated = shard_tensors(reference, records, rows, settings, data)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"n_truncated": str(truncated)})
+        computed += 1
+    return ids, computed, resumed
+
+
+def assemble(output: str, fingerprint: dict, n_shards: int) -> tuple[dict, int]:
+    """The whole cache's tensors from its shard files, in order, and its truncation count."""
+    folder = kept_folder(shard_folder(output), fingerprint)
+    parts, n_truncated = [], 0
+    for index in range(n_shards):
+        with safe_open(str(folder / f"shard{index:06d}.safetensors"), "pt") as f:
             parts.append({key: f.get_tensor(key) for key in f.keys()})
             n_truncated += int(f.metadata()["n_truncated"])
-    tensors = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-    return tensors, [r["id"] for r in records], n_truncated, resumed
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}, n_truncated
 
 
 def _finished(path: Path) -> bool:
@@ -113,7 +162,8 @@ def _finished(path: Path) -> bool:
 
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", required=True, help="JSON: max_length, max_prompt_length, batch_size, shard_size, ...")
+    parser.add_argument("--params", required=True,
+                        help="JSON: max_length, max_prompt_length, batch_size, shard_size, ...")
     parser.add_argument("--model", required=True)
     parser.add_argument("--revision", default=None)
     parser.add_argument("--data", required=True)
@@ -124,9 +174,21 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = json.loads(args.params)
+    state = start_processes()
     digests = expected_digests(args.model, args.revision, sha256_file(args.data), settings, args.chat_template)
-    reference = ReferenceModel(args.model, args.revision, settings, args.trust_remote_code, args.chat_template)
-    tensors, ids, n_truncated, resumed = build(reference, args.data, settings, args.output, {"params": settings, **digests})
+    fingerprint = {"params": settings, **digests}
+    reference = ReferenceModel(args.model, args.revision, settings, args.trust_remote_code, args.chat_template,
+                               state.device)
+    ids, computed, resumed = build(reference, args.data, settings, args.output, fingerprint, state)
+    state.wait_for_everyone()  # every process's shards are written
+    if state.is_main_process:
+        write_cache(args, ids, digests, *assemble(args.output, fingerprint, -(-len(ids) // settings["shard_size"])))
+    print(f"process {state.process_index} of {state.num_processes}: {computed} shards computed, "
+          f"{resumed} shards resumed")
+
+
+def write_cache(args, ids: list[str], digests: dict, tensors: dict, n_truncated: int) -> None:
+    """The tensors and their record (ids, digests, the tensors' sha256), then the shards go."""
     meta_path = args.output.removesuffix(".safetensors") + ".json"
     with atomic_path(args.output) as tmp:  # the tensors appear only after the record that names their digest
         save_file(tensors, str(tmp))
@@ -137,7 +199,7 @@ def main(argv: list[str] | None) -> None:
         })
     shutil.rmtree(shard_folder(args.output))
     print(f"reference log-probs for {len(ids)} examples x {tensors['sums'].shape[1]} responses; "
-          f"{n_truncated} responses truncated; {resumed} shards resumed")
+          f"{n_truncated} responses truncated")
 
 
 if __name__ == "__main__":
