@@ -280,6 +280,7 @@ def test_a_deleted_reference_cache_record_is_rebuilt(mini_run, tmp_path):
 
 def test_verify_names_an_artifact_changed_after_the_run(mini_run):
     workdir, _ = mini_run
+
     def run():
         return subprocess.run([sys.executable, "-m", "workflow_scripts.verify", "--results", "results",
                                "--manifest", "results/manifest.json"], cwd=workdir, capture_output=True, text=True,

@@ -392,5 +392,3 @@ def check_config(config: dict, schema_path: str) -> dict:
     check_attention(config)
     expand_spin(config)
     return config
-
-

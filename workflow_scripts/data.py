@@ -227,4 +227,3 @@ def main(argv: list[str] | None) -> None:
 
 if __name__ == "__main__":
     run_cli(main)
-

@@ -131,5 +131,3 @@ def shared_prompt(rows: list[Encoded]) -> bool:
     truncation cut the prompt for some responses and not others)."""
     n = rows[0].n_prompt
     return all(r.n_prompt == n and r.ids[:n] == rows[0].ids[:n] for r in rows[1:])
-
-

@@ -17,17 +17,14 @@ FASTCHAT_METRICS = ("win", "loss", "tie", "win_rate", "loss_rate", "win_rate_adj
                     "n_total")
 
 
-
 def runs_model_here(judge: dict) -> bool:
     """Whether a judge runs a configured model in the job (a GPU job on the cluster)."""
     return judge["kind"] == "local" or (judge["kind"] == "fastchat" and judge["via"] == "local")
 
 
-
 def metric_list(task: dict) -> list[str]:
     """An lm-eval task's kept metrics (`metric` is one name or a list)."""
     return [task["metric"]] if isinstance(task["metric"], str) else list(task["metric"])
-
 
 
 def eval_metrics(e: dict) -> dict[str, set[str]]:
@@ -42,7 +39,6 @@ def eval_metrics(e: dict) -> dict[str, set[str]]:
     if e["kind"] == "alpaca_eval" and e["difficulty_file"]:
         metrics |= {"length_controlled_winrate", "lc_standard_error"}
     return {e["kind"]: metrics}
-
 
 
 def annotator_configs() -> set[str] | None:

@@ -28,12 +28,10 @@ def sampling(p: dict) -> Sampling:
                     tuple(p.get("stop", ())))
 
 
-
 def prompt_ids(tokenizer, record: dict, p: dict) -> list[int]:
     text = render_prompt(tokenizer, record["prompt"], p.get("system_prompt"), p.get("prompt_format"),
                          record.get("prefix", ""))
     return encode_prompt(tokenizer, text)
-
 
 
 def sampling_for(p: dict, record: dict) -> Sampling:
@@ -42,11 +40,9 @@ def sampling_for(p: dict, record: dict) -> Sampling:
     return sampling({**p, "temperature": temperature})
 
 
-
 def turn_seed(record_id: str, seed: int, turn: int) -> int:
     """The request seed of a turn (the first turn's is the record's, as for a single-turn prompt)."""
     return request_seed(record_id if turn == 0 else f"{record_id}#turn{turn + 1}", seed)
-
 
 
 def answer_turns(chunk: list[tuple[dict, int]], request, backend) -> list[tuple[list[str], list[str]]]:
@@ -67,7 +63,6 @@ def answer_turns(chunk: list[tuple[dict, int]], request, backend) -> list[tuple[
     return out
 
 
-
 class LazyBackend:
     """Loads the model on first use, so a job whose shards are all done never loads it."""
 
@@ -85,11 +80,9 @@ class LazyBackend:
         return getattr(self.backend, "prompts_cut", 0)
 
 
-
 def fingerprint(stage: str, p: dict, seed: int, data: str, model: dict) -> dict:
     """Everything a stage's shards depend on (`model`: the model's identity, its chat template included)."""
     return {"stage": stage, "params": p, "seed": seed, "data": sha256_file(data), "model": model}
-
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +96,6 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trust-remote-code", action="store_true", help="the model's config entry allows its own code")
     chat_templates.add_argument(parser)
-
 
 
 def generate_file(p: dict, data: str, seed: int, output: str | Path, model: dict, tokenizer, backend) -> str:

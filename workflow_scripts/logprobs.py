@@ -27,11 +27,9 @@ def pad_batch(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 CHUNK_ELEMENTS = 1 << 21  # logits entries per chunk (8 MB in float32)
 
 
-
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Log-probs of half-precision logits are computed in float32; float32 and float64 stay as they are."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
 
 
 class LabelLogProbs(torch.autograd.Function):
@@ -76,7 +74,6 @@ class LabelLogProbs(torch.autograd.Function):
         return grad, None
 
 
-
 def token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
     """Per-token log-probs of the labels (logits[:, :-1] predict ids[:, 1:]), half precision upcast to
     float32, zero off the mask, and the mask. See LabelLogProbs for the memory it takes (about the gradient of the logits)."""
@@ -93,7 +90,6 @@ class Forward:
     kl_logps: torch.Tensor | None = None    # [B, K] summed, on the mismatched KTO rows
 
 
-
 def _rows_logps(model, seqs: list[Encoded], pad_id: int):
     """The rows' per-token log-probs in one forward; the LM head runs only from the position before the
     batch's first response token (the positions before it predict nothing that is scored)."""
@@ -107,7 +103,6 @@ def _rows_logps(model, seqs: list[Encoded], pad_id: int):
     mask = loss_mask[:, 1:]
     logps = torch.nn.functional.pad(LabelLogProbs.apply(logits, ids[:, start + 1:]), (start, 0)) * mask
     return logps, mask, ids
-
 
 
 def _shared_prompt_logps(model, examples: list[Example], pad_id: int):
@@ -149,7 +144,6 @@ def _shared_prompt_logps(model, examples: list[Example], pad_id: int):
     flat = flat.view(b, k, -1).transpose(0, 1).reshape(b * k, -1)  # example-major -> column-major
     mask = batch["loss_mask"][:, 1:].to(device)
     return flat * mask, mask, batch["input_ids"].to(device)
-
 
 
 def forward_logps(model, examples: list[Example], pad_id: int, share_prompts: bool = True) -> Forward:

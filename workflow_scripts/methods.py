@@ -49,7 +49,6 @@ METHODS = {
 }
 
 
-
 def negative_columns(method: str, hp: dict, epoch: int) -> list[int]:
     """Negative columns used in an epoch: e*m..(e+1)*m-1 with `sample: true`, else 0..m-1."""
     m = METHODS[method].n_negatives(hp)
@@ -57,12 +56,10 @@ def negative_columns(method: str, hp: dict, epoch: int) -> list[int]:
     return list(range(start, start + m))
 
 
-
 def negatives_required(method: str, hp: dict) -> int:
     """How many negatives per example the data must hold for the whole run."""
     m = METHODS[method].n_negatives(hp)
     return m * hp["epochs"] if hp.get("sample") else m
-
 
 
 def refcache_settings(hp: dict) -> dict:
@@ -72,7 +69,6 @@ def refcache_settings(hp: dict) -> dict:
             "prompt_format": hp["prompt_format"], "response_format": hp["response_format"],
             "over_long_prompts": hp["over_long_prompts"],
             "token_level": spec.token_ref, "kl_pairs": spec.kl_pairs}
-
 
 
 def run_hyperparameters(run: dict, seed: int) -> dict:

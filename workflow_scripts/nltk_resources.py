@@ -14,7 +14,6 @@ def needs_punkt(task: str) -> bool:
     return "ifeval" in task
 
 
-
 def require(nltk_dir: str | None) -> str:
     """Point NLTK (and the processes it starts) at `nltk_dir` and return punkt_tab's digest; refuse
     clearly when punkt_tab is not there (lm-eval would try to download it, and fail without internet)."""

@@ -39,7 +39,6 @@ def validate_record(record: dict, error) -> None:
         raise error("missing", "chosen")
 
 
-
 def _validate_question(record: dict, error) -> None:
     """A multi-turn question: follow-up user turns, an optional category and reference answers (strings)."""
     for field in ("followups", "references"):
@@ -50,7 +49,6 @@ def _validate_question(record: dict, error) -> None:
         raise error("must be a string", "category")
 
 
-
 def read_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = False) -> list[dict]:
     """Training records with `negatives`: a merged generation file, data whose `rejected` is the one negative,
     or unpaired data (`label`, no negatives).
@@ -59,7 +57,6 @@ def read_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = Fals
     reads them) goes into the error.
     """
     return list(iter_pairs(path, need, reader, labelled))
-
 
 
 def iter_pairs(path: str, need: int = 0, reader: str = "", labelled: bool = False) -> Iterator[dict]:

@@ -15,7 +15,6 @@ from .models import tokenizer_digest, weights_digest
 SETTINGS = ("max_length", "max_prompt_length", "prompt_format", "response_format", "token_level", "kl_pairs")
 
 
-
 def expected_digests(model: str, revision: str | None, data_digest: str, settings: dict,
                      chat_template: str | None = None) -> dict:
     """What a cache depends on (`data_digest`: the sha256 of its data file, which the caller has hashed)."""
@@ -25,7 +24,6 @@ def expected_digests(model: str, revision: str | None, data_digest: str, setting
         "data": data_digest,
         "settings": json.dumps({k: settings.get(k) for k in SETTINGS}, sort_keys=True),
     }
-
 
 
 class RefCache:
