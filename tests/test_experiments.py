@@ -2,7 +2,6 @@
 dry run plans the paper's DAG (data -> generate per seed -> merge -> refcache -> train -> evaluate ->
 tables) without downloading anything and without a trace of the embedded default's tiny world."""
 import copy
-import os
 import re
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 from transformers.utils.chat_template_utils import render_jinja_template
+
+import workflow_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -143,12 +144,8 @@ def test_recipes_keep_the_upstream_numbers():
 
 
 def snakemake(workdir: Path, *args, timeout=120):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HOME": str(workdir / "hf_home"),  # must stay empty: planning reads nothing from the hub
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-           "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+    """A dry run's snakemake, with an empty hub cache of its own: planning reads nothing from the hub."""
+    return workflow_runner.snakemake(workdir, *args, timeout=timeout, env={"HF_HOME": str(workdir / "hf_home")})
 
 
 def job_stats(text: str) -> dict[str, int]:

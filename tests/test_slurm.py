@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from slurm_cluster import ACCOUNT, CPU_PARTITION, GPU_MODEL, GPU_PARTITION, LoopbackSlurm, Unavailable
+from workflow_runner import ENV, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "tests/configs/mini.yaml"
@@ -26,19 +27,8 @@ PROFILE = ROOT / "slurm/config.v9+.yaml"
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 PLACEHOLDERS = {"YOUR_CPU_PARTITION": CPU_PARTITION, "YOUR_GPU_PARTITION": GPU_PARTITION,
                 "YOUR_ACCOUNT": ACCOUNT, "YOUR_GPU_MODEL": GPU_MODEL}
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 pytestmark = pytest.mark.slurm
-
-
-def snakemake(workdir, *args, timeout=600, stdout=None):
-    """snakemake under `timeout -k`; with `stdout` (an open file) started in the background."""
-    cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-           "-d", str(workdir), *args]
-    if stdout is not None:
-        return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, text=True, env=ENV)
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV)
 
 
 def load_profile(text: str | None = None) -> dict:

@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_runner import ENV, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "tests/configs/mini.yaml"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def snakemake(workdir, *args, timeout=900, env=None):
-    cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-           "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **(env or {})})
 
 
 def failure_report(result, workdir, tail: int = 4000) -> str:
@@ -152,9 +145,8 @@ def test_vllm_stages_run_in_the_vllm_environment(tmp_path):
     config["generations"]["toy_neg"]["backend"] = "vllm"
     config["step_controlled"]["toy_steps"]["backend"] = "vllm"
     path = write_config(tmp_path / "vllm.yaml", config)
-    cmd = ["timeout", "-k", "10", "300", sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d",
-           str(tmp_path), "-n", "-p", "--configfile", path]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "VLLM_PYTHON": "/opt/vllm-env/bin/python"})
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", path, timeout=300,
+                       env={"VLLM_PYTHON": "/opt/vllm-env/bin/python"})
     text = result.stdout + result.stderr
     assert result.returncode == 0, text
     assert text.count("/opt/vllm-env/bin/python -m workflow_scripts.generate") == 2  # the two seeds of toy_neg
