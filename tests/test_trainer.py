@@ -641,3 +641,7 @@ def test_records_encoded_once_give_each_epochs_examples_and_truncations(tiny_wor
     assert encode_once(folder, {"run": 2}, tok, iter(records), len(records), n, hp, kl, data)
     (folder / "fingerprint.json").write_text("{")  # damaged: encoded again, not refused
     assert encode_once(folder, {"run": 2}, tok, iter(records), len(records), n, hp, kl, data)
+    for changed in (records[:-1], records + records[:1]):  # the file changed between the run's two passes
+        with pytest.raises(InputError, match=re.escape(f"{data}: holds ") + ".* records where the run's first pass"):
+            encode_once(tmp_path / "changed", {}, tok, iter(changed), len(records), n, hp, kl, data)
+        assert not (tmp_path / "changed").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .encoding import Example, join_example, record_segments
-from .io import atomic_path, write_json
+from .io import InputError, atomic_path, write_json
 from .shards import recorded_fingerprint
 
 
@@ -50,6 +50,11 @@ class EncodedRecords:
         return int(self.truncated[:, [0, *(1 + c for c in columns)]].sum())
 
 
+def _changed(source: str, count, n_records: int) -> InputError:
+    return InputError(source, f"holds {count} records where the run's first pass read {n_records}: the file "
+                      "changed while the run read it")
+
+
 def encode_once(folder: Path, fingerprint: dict, tokenizer, records: Iterable[dict], n_records: int, n_negatives: int,
                 settings: dict, kl_pairs: bool, source: str) -> bool:
     """Write the `n_records` encoded records (read as they stream) into `folder` unless it holds them under the
@@ -60,12 +65,14 @@ def encode_once(folder: Path, fingerprint: dict, tokenizer, records: Iterable[di
     shutil.rmtree(folder, ignore_errors=True)
     width, columns = 2 + n_negatives, list(range(n_negatives))
     bounds, truncated = np.zeros(n_records * width + 1, dtype=np.int64), np.zeros((n_records, width - 1), bool)
-    segments, first, first_id = None, None, None
+    segments, first, first_id, count = None, None, None, 0
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         with open(tmp / "ids.bin", "wb") as ids:
             for i, record in enumerate(records):
-                previous, segments = segments, record_segments(tokenizer, record, n_negatives, settings)
+                if i == n_records:
+                    raise _changed(source, f"more than {n_records}", n_records)
+                count, previous, segments = i + 1, segments, record_segments(tokenizer, record, n_negatives, settings)
                 first, first_id = first or segments, first_id or record["id"]
                 example = join_example(record["id"], record.get("label"), segments, previous if kl_pairs else None,
                                        columns, settings, source, i + 1)
@@ -73,6 +80,8 @@ def encode_once(folder: Path, fingerprint: dict, tokenizer, records: Iterable[di
                 for s, segment in enumerate(segments):
                     ids.write(np.asarray(segment, dtype=np.int32).tobytes())
                     bounds[i * width + s + 1] = bounds[i * width + s] + len(segment)
+        if count != n_records:
+            raise _changed(source, count, n_records)
         if kl_pairs:  # the first record's mismatched rows read the last record
             join_example(first_id, None, first, segments, columns, settings, source, 1)
         np.save(tmp / "bounds.npy", bounds)
