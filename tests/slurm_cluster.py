@@ -10,6 +10,11 @@ Everything else lives in a temporary directory; ports are free ones picked at st
 exactly the processes it started and removes the files it wrote, nothing else; it refuses to
 start where a SLURM configuration it did not write exists (a real cluster node).
 
+With `nodes=2` the cluster has a second node, `<host>-2`, whose slurmd runs in a network namespace of its
+own (entered with nsenter, so it shares the file system, as a cluster's nodes share theirs): a veth pair
+joins it to this machine, each end called `INTERFACE` in its namespace (10.77.0.1 here, 10.77.0.2 there),
+so that one GLOO_SOCKET_IFNAME serves the processes of both nodes.
+
 The node has fake GPUs of the model `GPU_MODEL` (GRES whose device files are /dev/null), so the
 scheduler checks every `--gpus=<model>:<n>` request, and the accounting records them (AllocTRES).
 
@@ -39,6 +44,7 @@ CLUSTER = "loopback"
 ACCOUNT = "test_account"
 GPU_PARTITION, CPU_PARTITION, GPU_MODEL = "test_gpu", "test_cpu", "testgpu"
 GPUS, CPUS, MEMORY_MB = 4, 8, 16000
+NETNS, INTERFACE, ADDRESSES = "loopback-slurm-2", "lsl0", ("10.77.0.1", "10.77.0.2")
 
 
 class Unavailable(RuntimeError):
@@ -83,8 +89,9 @@ def _interrupt(signum, frame):
 
 
 class LoopbackSlurm:
-    def __init__(self):
+    def __init__(self, nodes: int = 1):
         self.host = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+        self.nodes = [self.host, f"{self.host}-2"][:nodes]
         self.root: Path | None = None
         self.procs: dict[str, subprocess.Popen] = {}
         self.written: list[Path] = []
@@ -127,6 +134,9 @@ class LoopbackSlurm:
                     proc.kill()
                     proc.wait(timeout=10)
         self.procs.clear()
+        if len(self.nodes) > 1:
+            subprocess.run(["ip", "link", "delete", INTERFACE], capture_output=True)
+            subprocess.run(["ip", "netns", "delete", NETNS], capture_output=True)
         for path in self.written:
             if path.exists() and MARKER in path.read_text(errors="replace"):
                 path.unlink()
@@ -209,8 +219,31 @@ class LoopbackSlurm:
 
     # ------------------------------------------------------------------ the daemons
 
+    def _network(self) -> None:
+        """The second node's network namespace and the veth pair that joins it to this machine."""
+        subprocess.run(["ip", "netns", "delete", NETNS], capture_output=True)  # a leftover of a killed run
+        subprocess.run(["ip", "link", "delete", INTERFACE], capture_output=True)
+        inside = ["ip", "netns", "exec", NETNS, "ip"]
+        for cmd in (["ip", "netns", "add", NETNS],
+                    ["ip", "link", "add", INTERFACE, "type", "veth", "peer", "name", "lsl1"],
+                    ["ip", "link", "set", "lsl1", "netns", NETNS],
+                    ["ip", "addr", "add", f"{ADDRESSES[0]}/24", "dev", INTERFACE],
+                    ["ip", "link", "set", INTERFACE, "up"],
+                    [*inside, "link", "set", "lsl1", "name", INTERFACE],
+                    [*inside, "addr", "add", f"{ADDRESSES[1]}/24", "dev", INTERFACE],
+                    [*inside, "link", "set", INTERFACE, "up"],
+                    [*inside, "link", "set", "lo", "up"]):
+            self.run(*cmd)
+
+    def _node_lines(self) -> str:
+        address = ADDRESSES if len(self.nodes) > 1 else ("127.0.0.1",)
+        return "".join(f"NodeName={n} NodeAddr={a} CPUs={CPUS} RealMemory={MEMORY_MB} Gres=gpu:{GPU_MODEL}:{GPUS} "
+                       "State=UNKNOWN\n" for n, a in zip(self.nodes, address))
+
     def _start(self) -> None:
         root = self.root
+        if len(self.nodes) > 1:
+            self._network()
         for sub in ("state", "spool", "mysql"):
             (root / sub).mkdir()
         ports = {k: free_port() for k in ("ctld", "slurmd", "dbd", "mysql")}
@@ -257,18 +290,18 @@ StoragePass=slurm
 StorageLoc=slurm_acct_db
 """, 0o600)
         self._write_etc("slurm.conf", f"""ClusterName={CLUSTER}
-SlurmctldHost={self.host}(127.0.0.1)
+SlurmctldHost={self.host}({ADDRESSES[0] if len(self.nodes) > 1 else "127.0.0.1"})
 SlurmctldPort={ports['ctld']}
 SlurmdPort={ports['slurmd']}
 {auth}CryptoType=crypto/munge
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool-%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -290,12 +323,12 @@ KillWait=30
 MinJobAge=300
 SlurmctldTimeout=30
 SlurmdTimeout=60
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={CPUS} RealMemory={MEMORY_MB} Gres=gpu:{GPU_MODEL}:{GPUS} State=UNKNOWN
-PartitionName={CPU_PARTITION} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
-PartitionName={GPU_PARTITION} Nodes={self.host} MaxTime=INFINITE State=UP
+{self._node_lines()}PartitionName={CPU_PARTITION} Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
+PartitionName={GPU_PARTITION} Nodes={",".join(self.nodes)} MaxTime=INFINITE State=UP
 """, 0o644)
-        self._write_etc("gres.conf", "".join(f"NodeName={self.host} Name=gpu Type={GPU_MODEL} File={f}\n"
-                                             for f in self._fake_gpu_devices()), 0o644)
+        devices = self._fake_gpu_devices()
+        self._write_etc("gres.conf", "".join(f"NodeName={n} Name=gpu Type={GPU_MODEL} File={f}\n"
+                                             for n in self.nodes for f in devices), 0o644)
 
         t = time.monotonic()
         self._spawn("slurmdbd", [sbin("slurmdbd"), "-D"])
@@ -309,9 +342,14 @@ PartitionName={GPU_PARTITION} Nodes={self.host} MaxTime=INFINITE State=UP
         t = time.monotonic()
         self._spawn("slurmctld", [sbin("slurmctld"), "-D", "-i"])
         self._spawn("slurmd", [sbin("slurmd"), "-D", "-N", self.host])
-        self._wait("the node to be idle", lambda: self.run("sinfo", "-h", "-N", "-o", "%T", check=False,
-                                                             timeout=20).stdout.strip().startswith("idle"), 90)
+        for node in self.nodes[1:]:  # nsenter enters the network namespace only (`ip netns exec` remounts /sys)
+            self._spawn(f"slurmd-{node}", ["nsenter", f"--net=/run/netns/{NETNS}", sbin("slurmd"), "-D", "-N", node])
+        self._wait("the nodes to be idle", self._idle, 90)
         self.timings["slurmctld+slurmd"] = time.monotonic() - t
+
+    def _idle(self) -> bool:
+        states = self.run("sinfo", "-h", "-N", "-o", "%N %T", check=False, timeout=20).stdout.split("\n")
+        return {line.split()[0] for line in states if line.strip().endswith("idle")} == set(self.nodes)
 
     # ------------------------------------------------------------------ queries
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_cluster import ACCOUNT, CPU_PARTITION, GPU_MODEL, GPU_PARTITION, LoopbackSlurm, Unavailable
+from slurm_cluster import ACCOUNT, CPU_PARTITION, GPU_MODEL, GPU_PARTITION, INTERFACE, LoopbackSlurm, Unavailable
 from workflow_runner import ENV, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +102,11 @@ def test_profile_sets_site_values_in_one_place():
     for rule in gpus:
         res = profile["set-resources"][rule]
         assert (res["gpu_model"], res["slurm_partition"]) == ("YOUR_GPU_MODEL", "YOUR_GPU_PARTITION"), rule
-        assert res["cpus_per_gpu"] >= 1 and "cpus_per_task" not in res and res["nodes"] == 1, rule
-    assert "gpu" not in profile["set-resources"]["train"]  # the run's `processes`, from rules/train.smk
+        assert res["cpus_per_gpu"] >= 1 and "cpus_per_task" not in res, rule
+        # a job's GPUs on one node; a run's `nodes` (rules/train.smk) for training
+        assert "nodes" not in res if rule.startswith("train") else res["nodes"] == 1, rule
+    for rule in ("train", "train_multinode"):  # the run's `processes` x `nodes`, from rules/train.smk
+        assert "gpu" not in profile["set-resources"][rule]
     assert "gpu" not in profile["set-resources"]["refcache"]  # config `refcache.processes`, from rules/refcache.smk
 
 
@@ -178,14 +181,18 @@ def test_dry_run_with_the_profile_shows_gpu_requests(experiment, tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
+    """Two nodes, the second in a network namespace of its own; gloo reaches the other node through the
+    interface both namespaces call INTERFACE (a job may run on either node)."""
     try:
-        slurm = LoopbackSlurm().start()
+        slurm = LoopbackSlurm(nodes=2).start()
     except Unavailable as e:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the SLURM tests: {e}")
         pytest.skip(str(e))
     print(f"\nloopback SLURM up: {', '.join(f'{k} {v:.1f} s' for k, v in slurm.timings.items())}")
-    yield slurm
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GLOO_SOCKET_IFNAME", INTERFACE)
+        yield slurm
     slurm.stop()
 
 
@@ -311,3 +318,26 @@ def test_interrupted_training_is_retried_and_resumes_from_its_checkpoint(cluster
     steps = [json.loads(line)["step"] for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, LONG_STEPS + 1))  # the first attempt's steps came back with the checkpoint
     assert not (out_dir / "checkpoints").exists()  # removed once the run is whole
+
+
+def test_a_run_of_two_nodes_trains_in_one_job_across_them(cluster, slurm_run):
+    """A run with `nodes: 2` (DDP, one process per node) is one SLURM job of both nodes (rule train_multinode):
+    srun inside the job starts a launcher on each node, the two trainer processes meet over gloo across the
+    nodes' network namespaces, and the run completes with a world of two."""
+    workdir, profile, _ = slurm_run
+    run = "sft_two_nodes"
+    config = slurm_config()
+    config["runs"][run] = {**config["runs"]["sft"], "nodes": 2}
+    path = workdir / f"{run}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, f"results/train/{run}/seed42/run.json", "--profile", str(profile), "--configfile",
+                       str(path), timeout=480)
+    text = result.stdout + result.stderr
+    log = workdir / f"results/logs/train/{run}/seed42.log"
+    assert result.returncode == 0, text[-4000:] + (log.read_text()[-4000:] if log.exists() else "") + cluster.logs()
+    accounting = {j["JobID"]: j for j in cluster.sacct("JobID", "Comment", "State", "NNodes", "NodeList")}
+    (job,) = [accounting[i] for i in submitted(text)]
+    print(f"\nsacct: {' | '.join(job.values())}")
+    assert rule_of(job) == "train_multinode" and job["State"] == "COMPLETED" and job["NNodes"] == "2", job
+    summary = json.loads((workdir / f"results/train/{run}/seed42/run.json").read_text())
+    assert summary["world_size"] == 2, summary

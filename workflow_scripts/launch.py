@@ -5,12 +5,18 @@ runs `python -m <module> <args>` when N is 1 without DeepSpeed, else `accelerate
 config from the project's `accelerate/` folder (resolved here, so rule params hold no absolute
 paths) and a rendezvous port the OS reports free at launch (jobs sharing a node do not collide, nor
 does a port another process holds: a port derived from the arguments could fall on one).
+
+With `--nodes M` (M > 1) it runs once per node of a SLURM allocation (`srun --ntasks-per-node=1`, as the
+train rule does for a run's `nodes`): N processes on each node, M x N in all; the node's rank is
+SLURM_NODEID, the rendezvous is the first node's address (its NodeAddr, from scontrol) at a port derived
+from the job id, the same on every node.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,11 +30,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(processes: int, deepspeed: str | None, module: str, args: list[str]) -> list[str]:
-    if processes == 1 and not deepspeed:
+def machines(nodes: int) -> list[str]:
+    """accelerate's machine arguments: this machine alone, or this node of the SLURM allocation."""
+    if nodes == 1:
+        return ["--num_machines", "1", "--main_process_port", str(free_port())]
+    missing = [v for v in ("SLURM_JOB_ID", "SLURM_NODEID", "SLURM_JOB_NODELIST") if v not in os.environ]
+    if missing:
+        raise SystemExit(f"--nodes {nodes} runs one launcher per node of a SLURM allocation "
+                         f"(srun --ntasks-per-node=1); {', '.join(missing)} not set")
+    return ["--num_machines", str(nodes), "--machine_rank", os.environ["SLURM_NODEID"],
+            "--main_process_ip", first_node_address(os.environ["SLURM_JOB_NODELIST"]),
+            "--main_process_port", str(20000 + int(os.environ["SLURM_JOB_ID"]) % 20000)]
+
+
+def first_node_address(nodelist: str) -> str:
+    """The address of the allocation's first node (its NodeAddr), where the rendezvous listens."""
+    first = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                           check=True).stdout.split()[0]
+    node = subprocess.run(["scontrol", "show", "node", first, "-o"], capture_output=True, text=True, check=True).stdout
+    return next(field.split("=", 1)[1] for field in node.split() if field.startswith("NodeAddr="))
+
+
+def command(processes: int, deepspeed: str | None, module: str, args: list[str], nodes: int = 1) -> list[str]:
+    if processes == 1 and nodes == 1 and not deepspeed:
         return [sys.executable, "-m", module, *args]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-              "--num_machines", "1", "--main_process_port", str(free_port())]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes * nodes),
+              *machines(nodes)]
     if deepspeed:
         config = ACCELERATE_CONFIGS / f"{deepspeed}.yaml"
         if not config.is_file():
@@ -43,10 +70,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--deepspeed", default=None)
+    parser.add_argument("--nodes", type=int, default=1, help="nodes of a SLURM allocation, one launcher on each")
     parser.add_argument("module")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     a = parser.parse_args()
-    cmd = command(a.processes, a.deepspeed, a.module, a.args)
+    cmd = command(a.processes, a.deepspeed, a.module, a.args, a.nodes)
     os.execv(cmd[0], cmd)
 
 

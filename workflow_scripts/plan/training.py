@@ -125,9 +125,27 @@ class Train(Runs):
         return args + (f" --refcache {input.refcache}" if self.uses_refcache(w.run) else "")
 
     def launch(self, w) -> str:
-        """Process count and DeepSpeed config name of a run, for workflow_scripts.launch."""
+        """Process count (per node), node count and DeepSpeed config name of a run, for workflow_scripts.launch."""
         r = self.config["runs"][w.run]
-        return f"--processes {r['processes']}" + (f" --deepspeed {r['deepspeed']}" if r["deepspeed"] else "")
+        return " ".join(filter(None, [f"--processes {r['processes']}", r["nodes"] > 1 and f"--nodes {r['nodes']}",
+                                      r["deepspeed"] and f"--deepspeed {r['deepspeed']}"]))
+
+    def srun(self, w) -> str:
+        """A multi-node run's launchers, one per node of its SLURM job (nothing for one node)."""
+        nodes = self.config["runs"][w.run]["nodes"]
+        if nodes == 1:
+            return ""
+        return (f'srun --jobid="${{SLURM_JOB_ID:?a run of {nodes} nodes runs in a SLURM job: --profile slurm}}" '
+                f"--nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1")
+
+    def gpus(self, w) -> int:
+        """The GPUs of a run's job: its processes on each of its nodes."""
+        r = self.config["runs"][w.run]
+        return r["processes"] * r["nodes"]
+
+    def runs(self, multi_node: bool) -> str:
+        """A wildcard pattern matching the runs on one node (rule train), or those on several (train_multinode)."""
+        return pattern(name for name, r in self.config["runs"].items() if (r["nodes"] > 1) == multi_node)
 
     def outdir(self, w) -> str:
         return f"{R}/train/{w.run}/seed{w.seed}"
