@@ -176,6 +176,16 @@ def test_dry_run_with_the_profile_shows_gpu_requests(experiment, tmp_path):
             assert res["slurm_partition"] == "YOUR_CPU_PARTITION", job
 
 
+def test_a_multi_node_launch_outside_a_slurm_job_is_refused_by_name(monkeypatch):
+    from workflow_scripts import launch
+
+    for name in ("SLURM_JOB_ID", "SLURM_NODEID", "SLURM_JOB_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit, match="--nodes 2 runs one launcher per node of a SLURM allocation"):
+        launch.command(1, None, "workflow_scripts.train", [], nodes=2)
+    assert launch.command(1, None, "workflow_scripts.train", ["--x"])[1:] == ["-m", "workflow_scripts.train", "--x"]
+
+
 # ---------------------------------------------------------------------------- against a real SLURM
 
 
