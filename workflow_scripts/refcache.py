@@ -113,13 +113,11 @@ def shards(data: str, settings: dict) -> tuple[list[str], Iterator[tuple[int, Sh
     return ids, chunks()
 
 
-def build(reference: ReferenceModel, data: str, settings: dict, output: str, fingerprint: dict,
-          state) -> tuple[list[str], int, int]:
+def build(reference: ReferenceModel, data: str, settings: dict, folder: Path, state) -> tuple[list[str], int, int]:
     """This process's shards of the cache (every `state.num_processes`-th, from its own `state.process_index`)
-    computed in `<output>`'s hidden shard folder, kept until the cache is written; resumable. Returns the ids and
-    the numbers of this process's shards computed and resumed."""
+    computed in the shard `folder`, kept until the cache is written; resumable. Returns the ids and the numbers
+    of this process's shards computed and resumed."""
     ids, todo = shards(data, settings)
-    folder = kept_folder(shard_folder(output), fingerprint)
     computed = resumed = 0
     for index, records, rows in tqdm(todo, desc="reference log-probs", mininterval=5,
                                      disable=not state.is_main_process):
@@ -136,9 +134,8 @@ def build(reference: ReferenceModel, data: str, settings: dict, output: str, fin
     return ids, computed, resumed
 
 
-def assemble(output: str, fingerprint: dict, n_shards: int) -> tuple[dict, int]:
+def assemble(folder: Path, n_shards: int) -> tuple[dict, int]:
     """The whole cache's tensors from its shard files, in order, and its truncation count."""
-    folder = kept_folder(shard_folder(output), fingerprint)
     parts, n_truncated = [], 0
     for index in range(n_shards):
         with safe_open(str(folder / f"shard{index:06d}.safetensors"), "pt") as f:
@@ -179,10 +176,15 @@ def main(argv: list[str] | None) -> None:
     fingerprint = {"params": settings, **digests}
     reference = ReferenceModel(args.model, args.revision, settings, args.trust_remote_code, args.chat_template,
                                state.device)
-    ids, computed, resumed = build(reference, args.data, settings, args.output, fingerprint, state)
+    # the first process keeps the shards of this fingerprint (or empties the folder), then all compute theirs
+    folder = shard_folder(args.output)
+    if state.is_main_process:
+        kept_folder(folder, fingerprint)
+    state.wait_for_everyone()
+    ids, computed, resumed = build(reference, args.data, settings, folder, state)
     state.wait_for_everyone()  # every process's shards are written
     if state.is_main_process:
-        write_cache(args, ids, digests, *assemble(args.output, fingerprint, -(-len(ids) // settings["shard_size"])))
+        write_cache(args, ids, digests, *assemble(folder, -(-len(ids) // settings["shard_size"])))
     print(f"process {state.process_index} of {state.num_processes}: {computed} shards computed, "
           f"{resumed} shards resumed")
 

@@ -7,7 +7,7 @@ import os
 
 from ..eval_kinds import runs_model_here
 from ..nltk_resources import RESOURCE, needs_punkt
-from .base import ModelOf, ModelRef, R, Section, code, engine_env, js, pattern, python, split_file
+from .base import NO_MODEL, ModelOf, ModelRef, R, Section, code, engine_env, js, pattern, python, split_file
 from .instances import answer_groups, group_of, head2head_reference, subject_model_name
 
 
@@ -140,7 +140,7 @@ class Head2Head(Instances):
 
     def judge_ref(self, w) -> ModelRef:
         judge = self.config["evals"][w.eval]["judge"]
-        return self.model_ref(judge["model"]) if runs_model_here(judge) else ModelRef(None)
+        return self.model_ref(judge["model"]) if runs_model_here(judge) else NO_MODEL
 
     def reference(self, w) -> tuple[str, str | None]:
         """(name, answer file or None) of the reference an instance is judged against: for pairwise its

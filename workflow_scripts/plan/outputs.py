@@ -7,6 +7,8 @@ from .instances import evaluated, subjects
 
 
 class Outputs(Section):
+    """The tables, plots, model cards, pushes and manifest (rules/tables.smk, report.smk, cards.smk)."""
+
     def eval_files(self, table: str) -> dict:
         """Row -> eval -> the eval JSON of each of its instances (training seeds)."""
         t = self.config["tables"][table]

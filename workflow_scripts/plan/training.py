@@ -12,6 +12,8 @@ from .base import ModelOf, ModelRef, R, Section, code, engine_params, js, patter
 
 
 class Runs(Section):
+    """What the sections about runs share: each (run, seed)'s data, starting model, reference and cache."""
+
     def run_data(self, run: str, seed) -> str:
         """Training data of one (run, seed): SPIN iterations train on their own generations."""
         if self.config["runs"][run].get("spin"):

@@ -6,6 +6,8 @@ from .base import R, Section, js, pattern
 
 
 class World(Section):
+    """The tiny world's model and dataset, GGUF conversions, and the data stage (rules/world.smk, data.smk)."""
+
     def models_made(self, kind: str) -> str:
         """A wildcard pattern matching exactly the models the workflow makes one way (`build` or `gguf`)."""
         models = self.config["models"]
