@@ -8,19 +8,15 @@ One section per group of rules (`Plan.generation` for rules generate and merge, 
 """
 from __future__ import annotations
 
-from .base import ModelRef, R, code, js, json_file
+from .base import R, code
 from .evaluation import AnswerGroups, Head2Head, LmEval, MathEval
-from .instances import (
-    ENGINE_KEYS, answer_groups, answer_set_needs, evaluated, group_of, head2head_reference, subject_model_name,
-    subjects,
-)
+from .instances import answer_groups, answer_set_needs, evaluated, group_of, subjects
 from .outputs import Outputs
 from .training import RefCache, Spin, Train
 from .training_data import Bridge, Generation, StepControlled, Unpaired
 from .world import World
 
-__all__ = ["ENGINE_KEYS", "R", "ModelRef", "Plan", "answer_groups", "answer_set_needs", "code", "evaluated",
-           "group_of", "head2head_reference", "js", "json_file", "subject_model_name", "subjects"]
+__all__ = ["R", "Plan", "answer_groups", "answer_set_needs", "code", "evaluated", "group_of", "subjects"]
 
 
 class Plan:
