@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from slurm_cluster import ACCOUNT, CPU_PARTITION, GPU_MODEL, GPU_PARTITION, INTERFACE, LoopbackSlurm, Unavailable
 from workflow_runner import ENV, snakemake
@@ -186,6 +188,33 @@ def test_a_multi_node_launch_outside_a_slurm_job_is_refused_by_name(monkeypatch)
     assert launch.command(1, None, "workflow_scripts.train", ["--x"])[1:] == ["-m", "workflow_scripts.train", "--x"]
 
 
+def test_a_rendezvous_port_held_on_the_first_node_is_refused_there(monkeypatch):
+    """The port derived from the job id is checked on the first node only (where the rendezvous listens)."""
+    import socket
+
+    from workflow_scripts import launch
+
+    held = socket.socket()
+    for port in range(20000, 40000):  # below the ephemeral range, so another process is unlikely to take it
+        try:
+            held.bind(("", port))
+            break
+        except OSError:
+            continue
+    held.listen()
+    monkeypatch.setattr(launch, "first_node_address", lambda nodelist: "10.77.0.1")
+    monkeypatch.setenv("SLURM_JOB_ID", str(port - 20000 + 40000))  # mod 20000 -> the held port
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-2]")
+    with held:
+        monkeypatch.setenv("SLURM_NODEID", "0")
+        with pytest.raises(SystemExit, match=f"the rendezvous port {port} .* is held on"):
+            launch.command(1, None, "workflow_scripts.train", [], nodes=2)
+        monkeypatch.setenv("SLURM_NODEID", "1")
+        cmd = launch.command(1, None, "workflow_scripts.train", [], nodes=2)
+    assert cmd[cmd.index("--main_process_port") + 1] == str(port) and cmd[cmd.index("--machine_rank") + 1] == "1"
+    assert cmd[cmd.index("--main_process_ip") + 1] == "10.77.0.1"
+
+
 # ---------------------------------------------------------------------------- against a real SLURM
 
 
@@ -330,24 +359,34 @@ def test_interrupted_training_is_retried_and_resumes_from_its_checkpoint(cluster
     assert not (out_dir / "checkpoints").exists()  # removed once the run is whole
 
 
-def test_a_run_of_two_nodes_trains_in_one_job_across_them(cluster, slurm_run):
-    """A run with `nodes: 2` (DDP, one process per node) is one SLURM job of both nodes (rule train_multinode):
-    srun inside the job starts a launcher on each node, the two trainer processes meet over gloo across the
-    nodes' network namespaces, and the run completes with a world of two."""
+def test_runs_of_two_nodes_train_in_one_job_across_them_with_ddp_and_zero3(cluster, slurm_run):
+    """Two runs with `nodes: 2` (one process per node), one DDP and one DeepSpeed ZeRO-3 (accelerate's
+    `standard` multi-node launcher): each is one SLURM job of both nodes (rule train_multinode), srun inside
+    the job starts a launcher on each node, the two trainer processes meet over gloo across the nodes'
+    network namespaces, and each run completes with a world of two. ZeRO-3's parameters are partitioned
+    over the two nodes; its weights equal DDP's."""
     workdir, profile, _ = slurm_run
-    run = "sft_two_nodes"
+    runs = {"sft_two_nodes": {}, "sft_two_nodes_zero3": {"deepspeed": "deepspeed_zero3"}}
     config = slurm_config()
-    config["runs"][run] = {**config["runs"]["sft"], "nodes": 2}
-    path = workdir / f"{run}.yaml"
+    for run, extra in runs.items():
+        config["runs"][run] = {**config["runs"]["sft"], "nodes": 2, **extra}
+    path = workdir / "two_nodes.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = snakemake(workdir, f"results/train/{run}/seed42/run.json", "--profile", str(profile), "--configfile",
-                       str(path), timeout=480)
+    result = snakemake(workdir, *(f"results/train/{run}/seed42/run.json" for run in runs), "--profile", str(profile),
+                       "--configfile", str(path), timeout=900)
     text = result.stdout + result.stderr
-    log = workdir / f"results/logs/train/{run}/seed42.log"
-    assert result.returncode == 0, text[-4000:] + (log.read_text()[-4000:] if log.exists() else "") + cluster.logs()
+    logs = "".join(log.read_text()[-3000:] for log in (workdir / "results/logs/train").glob("sft_two_nodes*/*.log"))
+    assert result.returncode == 0, text[-4000:] + logs + cluster.logs()
     accounting = {j["JobID"]: j for j in cluster.sacct("JobID", "Comment", "State", "NNodes", "NodeList")}
-    (job,) = [accounting[i] for i in submitted(text)]
-    print(f"\nsacct: {' | '.join(job.values())}")
-    assert rule_of(job) == "train_multinode" and job["State"] == "COMPLETED" and job["NNodes"] == "2", job
-    summary = json.loads((workdir / f"results/train/{run}/seed42/run.json").read_text())
-    assert summary["world_size"] == 2, summary
+    jobs = [accounting[i] for i in submitted(text)]
+    print("\nsacct:\n" + "\n".join(" | ".join(job.values()) for job in jobs))
+    assert len(jobs) == 2
+    for job in jobs:
+        assert rule_of(job) == "train_multinode" and job["State"] == "COMPLETED" and job["NNodes"] == "2", job
+    out = {run: workdir / f"results/train/{run}/seed42" for run in runs}
+    summaries = [json.loads((folder / "run.json").read_text()) for folder in out.values()]
+    assert [(s["distributed_type"], s["world_size"]) for s in summaries] == [("MULTI_CPU", 2), ("DEEPSPEED", 2)]
+    ddp, zero3 = (load_file(str(folder / "model/model.safetensors")) for folder in out.values())
+    assert set(ddp) == set(zero3)
+    for name in ddp:
+        torch.testing.assert_close(zero3[name], ddp[name], rtol=0, atol=1e-6)

@@ -60,8 +60,6 @@ def write_config(path, config):
     (lambda c: c["runs"]["dpo"].update(lora={"r": 4}), "runs.dpo.lora: 'alpha' is a required property"),
     (lambda c: c["runs"]["dpo_ddp"].update(batch_size=12), "runs.dpo_ddp.batch_size: 12 is not a multiple of"),
     (lambda c: c["runs"]["dpo_ddp"].update(nodes=3), "runs.dpo_ddp.batch_size: 16 is not a multiple of micro_batch_size"),
-    (lambda c: c["runs"]["dpo_ddp"].update(nodes=2, processes=1, deepspeed="deepspeed_zero3"),
-     "runs.dpo_ddp.nodes: multi-node runs train with DDP here"),
     (lambda c: c["runs"]["dpo_ddp"].update(dtype="bfloat16", precision="pure", deepspeed="deepspeed_zero3"),
      "runs.dpo_ddp.precision: 'pure' keeps the weights in a half dtype"),
     (lambda c: c["runs"]["dpo"].update(deepspeed="deepspeed_zero1"), "runs.dpo.deepspeed: 'deepspeed_zero1' is not one of"),

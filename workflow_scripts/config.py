@@ -232,9 +232,6 @@ def _check_training_shape(name: str, r: dict) -> None:
     if r["batch_size"] % (r["micro_batch_size"] * r["processes"] * r["nodes"]):
         raise ConfigError(f"config error at runs.{name}.batch_size: {r['batch_size']} is not a multiple of "
                           f"micro_batch_size {r['micro_batch_size']} x processes {r['processes']} x nodes {r['nodes']}")
-    if r["nodes"] > 1 and r["deepspeed"]:
-        raise ConfigError(f"config error at runs.{name}.nodes: multi-node runs train with DDP here; DeepSpeed across "
-                          "nodes (accelerate's multi-node DeepSpeed launcher) is not tested, so not offered")
 
 
 def _check_negatives(name: str, r: dict, config: dict) -> None:

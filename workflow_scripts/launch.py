@@ -9,7 +9,7 @@ does a port another process holds: a port derived from the arguments could fall 
 With `--nodes M` (M > 1) it runs once per node of a SLURM allocation (`srun --ntasks-per-node=1`, as the
 train rule does for a run's `nodes`): N processes on each node, M x N in all; the node's rank is
 SLURM_NODEID, the rendezvous is the first node's address (its NodeAddr, from scontrol) at a port derived
-from the job id, the same on every node.
+from the job id, the same on every node (the first node refuses it if another process holds it).
 """
 from __future__ import annotations
 
@@ -38,9 +38,23 @@ def machines(nodes: int) -> list[str]:
     if missing:
         raise SystemExit(f"--nodes {nodes} runs one launcher per node of a SLURM allocation "
                          f"(srun --ntasks-per-node=1); {', '.join(missing)} not set")
+    port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 20000
+    if os.environ["SLURM_NODEID"] == "0":
+        check_port_free(port)
     return ["--num_machines", str(nodes), "--machine_rank", os.environ["SLURM_NODEID"],
             "--main_process_ip", first_node_address(os.environ["SLURM_JOB_NODELIST"]),
-            "--main_process_port", str(20000 + int(os.environ["SLURM_JOB_ID"]) % 20000)]
+            "--main_process_port", str(port)]
+
+
+def check_port_free(port: int) -> None:
+    """Refuse, by name, a rendezvous port another process holds on the first node (the job then fails at once,
+    and its retry, a new job id, derives another port), rather than leaving the other nodes to wait on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise SystemExit(f"the rendezvous port {port} (20000 + SLURM_JOB_ID mod 20000) is held on "
+                             f"{socket.gethostname()}, the job's first node: {e}") from e
 
 
 def first_node_address(nodelist: str) -> str:
