@@ -1,8 +1,11 @@
 """Cost per record as the data grows to the papers' sizes: 4k, 61k (UltraFeedback) and 395k (MetaMathQA) records
 with 12 negatives each, through the stages that read a whole dataset: the merge of the per-seed generation
-files and a training run's one-time tokenisation (workflow_scripts/encoded.py). Each stage runs in its own
-process, so its wall time and peak resident memory are its own. Texts are the synthetic set's (short
-solutions), so the sizes on disk stay a few GB.
+files, a training run's one-time tokenisation (workflow_scripts/encoded.py), DPO-BMC's bridge (the
+deterministic `synthetic_repair` editor, so what is measured is the stage: shards, edit distances, output)
+and a reference cache of DPO's shape (chosen and first negative) on a Llama of one 64-wide layer, so that
+the stage's own costs (streaming, shards, assembly) are not hidden under a 7B forward, whose cost per row
+is flat anyway. Each stage runs in its own process, so its wall time and peak resident memory are its own.
+Texts are the synthetic set's (short solutions), so the sizes on disk stay a few GB.
 
     python -m bench.scale [--sizes 4000 61000 395000]    (writes bench/scale.json)
 """
@@ -22,10 +25,12 @@ from workflow_scripts import synthetic_task
 from workflow_scripts.io import write_json, write_jsonl
 
 from .common import ROOT, machine, make_world, wrong
+from .trainer import BASE
 
 NEGATIVES = 12
 SIZES = [4000, 61000, 395000]
 SETTINGS = {"max_length": 512, "max_prompt_length": 256, "prompt_format": None, "response_format": None}
+BRIDGE = {"editor": "synthetic_repair", "shard_size": 2048, "limit": None}  # the fields the stage reads with it
 
 
 def peak_rss_mb() -> float:
@@ -36,6 +41,7 @@ def peak_rss_mb() -> float:
 
 def child(stage: str, args: list[str]) -> None:
     """One stage in this fresh process: its time without the imports, and the process's peak memory."""
+    from workflow_scripts import bridge, refcache
     from workflow_scripts.records import iter_pairs
     from workflow_scripts.encoded import encode_once
     from workflow_scripts.merge import main as merge_main
@@ -44,6 +50,10 @@ def child(stage: str, args: list[str]) -> None:
     base, start = peak_rss_mb(), time.perf_counter()
     if stage == "merge":
         merge_main(args)
+    elif stage == "bridge":
+        bridge.main(args)
+    elif stage == "refcache":
+        refcache.main(args)
     else:
         model, data, folder = args
         # as the trainer does: every process a pass for the keys, the main one a second pass that encodes
@@ -76,11 +86,26 @@ def write_inputs(root: Path, n: int) -> tuple[str, list[str]]:
     return str(data), seeds
 
 
-def stage_costs(root: Path, model: str, n: int) -> dict:
+def refcache_params() -> str:
+    """DPO's reference cache settings (the run's schema defaults), in batches of 64 rows."""
+    from workflow_scripts.config import run_settings
+    from workflow_scripts.methods import refcache_settings
+
+    hp = run_settings({**BASE, "method": "dpo", "epochs": 1, "max_length": SETTINGS["max_length"],
+                       "max_prompt_length": SETTINGS["max_prompt_length"]})
+    return json.dumps({**refcache_settings(hp), "negatives": 1, "shard_size": 2048, "batch_size": 64,
+                       "dtype": "float32"})
+
+
+def stage_costs(root: Path, models: dict, n: int) -> dict:
     data, seeds = write_inputs(root, n)
     merged = root / "merged.jsonl"
     out = {"merge": measured("merge", "--data", data, "--seed-files", *seeds, "--output", str(merged)),
-           "encode_once": measured("encode", model, str(merged), str(root / "encoded"))}
+           "encode_once": measured("encode", models["bench"], str(merged), str(root / "encoded")),
+           "bridge": measured("bridge", "--params", json.dumps(BRIDGE), "--source", str(merged),
+                              "--output", str(root / "bridged.jsonl"), "--stats", str(root / "bridged.stats.json")),
+           "refcache": measured("refcache", "--params", refcache_params(), "--model", models["micro"], "--data",
+                                str(merged), "--output", str(root / "reference.safetensors"))}
     for stage in out.values():
         stage["records_per_s"] = n / stage["seconds"]
     return out
@@ -90,11 +115,12 @@ def measure_sizes(sizes: list[int]) -> dict:
     """Each stage's cost at each size, and the cost of a record in the largest set over the smallest's."""
     results = {"negatives": NEGATIVES, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        model, _ = make_world(Path(tmp) / "world")
+        models = {"bench": make_world(Path(tmp) / "world")[0],
+                  "micro": make_world(Path(tmp) / "world", hidden=64, layers=1)[0]}
         for n in sizes:
             root = Path(tmp) / str(n)
             root.mkdir()
-            results["sizes"][str(n)] = stage_costs(root, model, n)
+            results["sizes"][str(n)] = stage_costs(root, models, n)
             print(json.dumps({n: results["sizes"][str(n)]}), flush=True)
     small, large = results["sizes"][str(sizes[0])], results["sizes"][str(sizes[-1])]
     results["per_record_cost_ratio"] = {stage: small[stage]["records_per_s"] / large[stage]["records_per_s"]
