@@ -105,23 +105,25 @@ def join_example(record_id: str, label: bool | None, segments: list[list[int]], 
     return example
 
 
-def encode_examples(tokenizer, records: list[dict], columns: list[int], settings: dict,
-                    kl_pairs: bool = False, source: str = "data",
-                    rows: range | None = None) -> tuple[list[Example], int]:
+def encode_examples(tokenizer, records: list[dict] | dict[int, dict], columns: list[int], settings: dict,
+                    kl_pairs: bool = False, source: str = "data", rows: range | None = None,
+                    total: int | None = None) -> tuple[list[Example], int]:
     """Tokenise records (negatives in `columns`) into examples (`join_example`); also count truncations.
-    `rows`: the records to tokenise (default: all), by index, so that a shard's lines and KTO pairs are the
-    whole file's.
+    `rows`: the records to tokenise (default: all), by their index in the file, so that a shard's lines and KTO
+    pairs are the whole file's: then `records` may hold only those rows (and with `kl_pairs` the row before
+    each), by index, and `total` is the file's length.
 
     With `kl_pairs`, example i also gets (prompt_i, response of example i-1) for each of its
     responses, cyclically in file order: KTO's mismatched pairs, fixed per id so that the
     reference cache can hold them.
     """
-    rows = range(len(records)) if rows is None else rows
-    needed = set(rows) | ({(i - 1) % len(records) for i in rows} if kl_pairs else set())
+    total = len(records) if total is None else total
+    rows = range(total) if rows is None else rows
+    needed = set(rows) | ({(i - 1) % total for i in rows} if kl_pairs else set())
     n_negatives = max(columns, default=-1) + 1
     segments = {i: record_segments(tokenizer, records[i], n_negatives, settings) for i in needed}
     examples = [join_example(records[i]["id"], records[i].get("label"), segments[i],
-                             segments[(i - 1) % len(records)] if kl_pairs else None, columns, settings, source, i + 1)
+                             segments[(i - 1) % total] if kl_pairs else None, columns, settings, source, i + 1)
                 for i in rows]
     return examples, sum(e.truncated for ex in examples for e in ex.rows)
 

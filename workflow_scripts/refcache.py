@@ -53,26 +53,16 @@ class ReferenceModel:
         return self.loaded
 
 
-class ShardRecords(dict):
-    """A shard's records by their row in the whole file, with the row before its first (KTO's mismatched pair
-    of that row), and the file's length: what `encode_examples` indexes, so lines and pairs are the file's."""
-
-    def __init__(self, rows: dict[int, dict], total: int):
-        super().__init__(rows)
-        self.total = total
-
-    def __len__(self) -> int:
-        return self.total
-
-
-def shard_tensors(reference: ReferenceModel, records: ShardRecords, rows: range, settings: dict,
+def shard_tensors(reference: ReferenceModel, records: dict[int, dict], rows: range, total: int, settings: dict,
                   source: str) -> tuple[dict, int]:
-    """The log-probs of the records in `rows`, tokenised here (memory holds one shard's tokens): summed [n, 1 + k]
-    for (chosen, every negative); with `token_level` the per-token values (flat, row-major), with `kl_pairs`
-    KTO's mismatched rows."""
+    """The log-probs of the records in `rows` (of a file of `total`; `records` by row: the shard's and the row
+    before its first, KTO's mismatched pair of that row), tokenised here (memory holds one shard's tokens):
+    summed [n, 1 + k] for (chosen, every negative); with `token_level` the per-token values (flat, row-major),
+    with `kl_pairs` KTO's mismatched rows."""
     tokenizer, model = reference.get()
     examples, n_truncated = encode_examples(tokenizer, records, list(range(settings["negatives"])), settings,
-                                            kl_pairs=bool(settings.get("kl_pairs")), source=source, rows=rows)
+                                            kl_pairs=bool(settings.get("kl_pairs")), source=source, rows=rows,
+                                            total=total)
     sums, counts, flat, kl = [], [], [], []
     with torch.inference_mode():
         for start in range(0, len(examples), settings["batch_size"]):
@@ -91,7 +81,7 @@ def shard_tensors(reference: ReferenceModel, records: ShardRecords, rows: range,
     return tensors, n_truncated
 
 
-def shards(data: str, settings: dict) -> tuple[list[str], Iterator[tuple[int, ShardRecords, range]]]:
+def shards(data: str, settings: dict) -> tuple[list[str], Iterator[tuple[int, dict[int, dict], range]]]:
     """The data's ids, and its shards one at a time, streamed (memory of one shard's records): (index, records,
     rows). A first pass reads the ids and the last record (the mismatched pair of the first row)."""
     reader = "the runs reading this reference cache"
@@ -107,7 +97,7 @@ def shards(data: str, settings: dict) -> tuple[list[str], Iterator[tuple[int, Sh
             chunk[i] = r
             if len(chunk) == size or i == len(ids) - 1:
                 start = i + 1 - len(chunk)
-                yield start // size, ShardRecords({**previous, **chunk}, len(ids)), range(start, i + 1)
+                yield start // size, {**previous, **chunk}, range(start, i + 1)
                 chunk, previous = {}, {i: r}
 
     return ids, chunks()
@@ -127,7 +117,7 @@ def build(reference: ReferenceModel, data: str, settings: dict, folder: Path, st
         if _finished(path):
             resumed += 1
             continue
-        tensors, truncated = shard_tensors(reference, records, rows, settings, data)
+        tensors, truncated = shard_tensors(reference, records, rows, len(ids), settings, data)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"n_truncated": str(truncated)})
         computed += 1
