@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from itertools import islice
 
 import torch
 from rapidfuzz.distance import Levenshtein
@@ -27,7 +28,7 @@ from .backends import Request, Sampling, request_seed
 from .generation import LazyBackend, fingerprint, prompt_ids
 from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
 from .models import load_tokenizer, model_identity
-from .records import read_pairs
+from .records import iter_pairs
 from .shards import run_in_shards
 
 SYNTHETIC_REPAIR = "synthetic_repair"
@@ -121,7 +122,9 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
-    records = read_pairs(args.source, need=1, reader="bridging")[: p.get("limit")]
+    # the losing response is the first negative: the others are not held (a merged file may carry 16 per record)
+    records = [r | {"negatives": r["negatives"][:1]} for r in islice(iter_pairs(args.source, 1, "bridging"),
+                                                                        p.get("limit"))]
     if p["editor"] == SYNTHETIC_REPAIR:
         for lineno, r in enumerate(records, start=1):
             if not any(ANSWER_LINE.match(line) for line in r["chosen"].split("\n")):
