@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    p = {"backend": args.backend, "dtype": "float32", "batch_size": args.batch_size, "max_model_len": 512}
+    p = {"backend": args.backend, "dtype": "float32", "batch_size": args.batch_size, "max_model_len": 512,
+         "attn_implementation": None, "gpu_memory_utilization": 0.9, "over_long_prompts": "truncate"}
     backend = load_backend(args.backend, args.model, None, p)
     settings = Sampling(1.0, 1.0, 0, args.max_new_tokens)
     records = read_pairs(args.data)

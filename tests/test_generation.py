@@ -16,7 +16,8 @@ from workflow_scripts.shards import shard_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"backend": "hf", "dtype": "float32", "batch_size": 16, "shard_size": 8, "max_model_len": None,
-          "gpu_memory_utilization": 0.9, "system_prompt": None, "prompt_format": None, "temperature": 1.0,
+          "gpu_memory_utilization": 0.9, "attn_implementation": None, "over_long_prompts": "truncate",
+          "system_prompt": None, "prompt_format": None, "temperature": 1.0,
           "top_p": 0.95, "top_k": 40, "max_new_tokens": 24, "stop": [], "limit": None}
 
 
@@ -129,8 +130,10 @@ def test_hf_backend_loads_the_configured_attention_kernel(tiny_world):
     from workflow_scripts.backends import Request, Sampling, load_backend
     from workflow_scripts.generation import prompt_ids
 
-    default = load_backend("hf", tiny_world[0], None, {"batch_size": 4, "attn_implementation": None})
-    eager = load_backend("hf", tiny_world[0], None, {"batch_size": 4, "attn_implementation": "eager"})
+    default = load_backend("hf", tiny_world[0], None,
+                           {"dtype": "float32", "batch_size": 4, "attn_implementation": None})
+    eager = load_backend("hf", tiny_world[0], None,
+                         {"dtype": "float32", "batch_size": 4, "attn_implementation": "eager"})
     assert (eager.model.config._attn_implementation, default.model.config._attn_implementation) == ("eager", "sdpa")
     ids = prompt_ids(eager.tokenizer, {"id": "q", "prompt": [{"role": "user", "content": "What is 3 + 4?"}]}, {})
     requests = [Request(ids, seed, Sampling(1.0, max_new_tokens=12)) for seed in range(4)]

@@ -54,7 +54,8 @@ def test_weights_changed_after_they_were_written_are_refused_by_a_stage(tiny_wor
     blob = bytearray(weights.read_bytes())
     blob[-3] ^= 0x01  # one bit of one weight
     weights.write_bytes(bytes(blob))
-    params = {"backend": "hf", "dtype": "float32", "batch_size": 4, "shard_size": 8, "system_prompt": None,
+    params = {"backend": "hf", "dtype": "float32", "batch_size": 4, "shard_size": 8, "attn_implementation": None,
+              "system_prompt": None,
               "prompt_format": None, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 4, "stop": [],
               "limit": None}
     out = tmp_path / "answers/seed0.jsonl"

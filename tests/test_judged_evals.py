@@ -170,7 +170,8 @@ class FlippingBackend:
 
 def test_local_judge_on_a_real_model_and_its_position_bias_rule(tiny_world, tmp_path):
     spec = {"kind": "local", "model": "judge", "annotator": "weighted_alpaca_eval_gpt4_turbo", "backend": "hf",
-            "dtype": "float32", "batch_size": 4, "max_model_len": None, "gpu_memory_utilization": 0.9}
+            "dtype": "float32", "batch_size": 4, "max_model_len": None, "gpu_memory_utilization": 0.9,
+            "attn_implementation": None, "over_long_prompts": "truncate"}
     judge = judges.load_judge(spec, 0, judges.JudgeModel(tiny_world[0]))
     items = [{"id": "q0", "instruction": "What is 2 + 3?", "output_1": "5", "output_2": "6", "truth": "5"},
              {"id": "q1", "instruction": "Half of 7?", "output_1": "3", "output_2": "3.5", "truth": "3.5"}]

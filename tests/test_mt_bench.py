@@ -153,7 +153,8 @@ def test_multi_turn_answers_hold_the_models_own_earlier_answers(tiny_world, tmp_
                 "followups": ["And doubled?"], "category": "math" if i % 2 else "writing"} for i in range(6)]
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     params = {"backend": "hf", "dtype": "float32", "batch_size": 4, "shard_size": 4, "max_model_len": None,
-              "gpu_memory_utilization": 0.9, "system_prompt": None, "prompt_format": None, "temperature": 1.0,
+              "gpu_memory_utilization": 0.9, "attn_implementation": None, "over_long_prompts": "truncate",
+              "system_prompt": None, "prompt_format": None, "temperature": 1.0,
               "top_p": 1.0, "top_k": 0, "max_new_tokens": 12, "stop": [], "limit": None,
               "category_temperature": {"math": 0.0}}
     out = tmp_path / "answers.jsonl"

@@ -14,7 +14,8 @@ from workflow_scripts.shards import shard_folder
 
 
 SC_PARAMS = {"backend": "hf", "dtype": "float32", "batch_size": 64, "shard_size": 4, "max_model_len": None,
-             "gpu_memory_utilization": 0.9, "system_prompt": None, "prompt_format": None, "top_p": 1.0,
+             "gpu_memory_utilization": 0.9, "attn_implementation": None, "over_long_prompts": "truncate",
+             "system_prompt": None, "prompt_format": None, "top_p": 1.0,
              "top_k": 0, "stop": [], "step_separator": "\n", "temperature": 1.1, "temperature_increment": 0.1,
              "max_temperature": 1.4, "max_new_tokens": 12, "max_steps": 4, "keep_unfinished": False, "limit": None}
 

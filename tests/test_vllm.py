@@ -10,6 +10,7 @@ from workflow_scripts import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"dtype": "float32", "batch_size": 16, "shard_size": 288, "max_model_len": 256, "gpu_memory_utilization": 0.9,
+          "attn_implementation": None, "over_long_prompts": "truncate",
           "system_prompt": None, "prompt_format": None, "temperature": 1.0, "top_p": 0.95, "top_k": 40,
           "max_new_tokens": 24, "stop": ["\n"], "limit": None}
 

@@ -218,11 +218,12 @@ class VLLMBackend:
 
 
 def load_backend(name: str, model: str, revision: str | None, p: dict, trust_remote_code: bool = False):
-    """The backend named in a generation's config (`p` holds dtype, batch_size, max_model_len...)."""
+    """The backend named in a generation's config: `p` holds the engine settings the backend reads (hf: dtype,
+    batch_size, attn_implementation; vllm: dtype, max_model_len, gpu_memory_utilization, over_long_prompts),
+    filled with their defaults by the config's schema."""
     if name == "hf":
-        return HFBackend(model, revision, p.get("dtype", "float32"), p["batch_size"], trust_remote_code,
-                         p.get("attn_implementation"))
+        return HFBackend(model, revision, p["dtype"], p["batch_size"], trust_remote_code, p["attn_implementation"])
     if name == "vllm":
-        return VLLMBackend(model, revision, p.get("dtype", "float32"), p.get("max_model_len"),
-                           p.get("gpu_memory_utilization", 0.9), trust_remote_code, p.get("over_long_prompts", "truncate"))
+        return VLLMBackend(model, revision, p["dtype"], p["max_model_len"], p["gpu_memory_utilization"],
+                           trust_remote_code, p["over_long_prompts"])
     raise ValueError(f"unknown generation backend {name!r}; choose from {BACKENDS}")

@@ -24,8 +24,8 @@ from .shards import run_in_shards
 
 
 def sampling(p: dict) -> Sampling:
-    return Sampling(p["temperature"], p.get("top_p", 1.0), p.get("top_k", 0), p["max_new_tokens"],
-                    tuple(p.get("stop", ())))
+    """A generating stage's sampling settings (every generating section of the schema gives each a default)."""
+    return Sampling(p["temperature"], p["top_p"], p["top_k"], p["max_new_tokens"], tuple(p["stop"]))
 
 
 def prompt_ids(tokenizer, record: dict, p: dict) -> list[int]:
