@@ -50,6 +50,7 @@ def check_port_free(port: int) -> None:
     """Refuse, by name, a rendezvous port another process holds on the first node (the job then fails at once,
     and its retry, a new job id, derives another port), rather than leaving the other nodes to wait on it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a socket closed moments ago is no hold
         try:
             s.bind(("", port))
         except OSError as e:
