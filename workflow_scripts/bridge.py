@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from itertools import islice
 
 import torch
@@ -29,7 +31,7 @@ from .generation import LazyBackend, fingerprint, prompt_ids
 from .io import InputError, run_cli, sha256_file, write_json, write_jsonl
 from .models import load_tokenizer, model_identity
 from .records import iter_pairs
-from .shards import run_in_shards
+from .shards import batches, stream_in_shards
 
 SYNTHETIC_REPAIR = "synthetic_repair"
 STEP = re.compile(r"=|\d\s*[-+*/]\s*\d")  # a line that computes something (well-formed or not)
@@ -101,10 +103,30 @@ def bridge(records: list[dict], rewrites: list[str]) -> list[dict]:
     return pairs
 
 
-def mean_distances(pairs: list[dict]) -> dict:
+def losing_responses(source: str, limit: int | None, editor: str, counts: Counter) -> Iterator[dict]:
+    """The source's records one at a time, counted, each with its first negative only: the losing response the
+    editor rewrites (a merged file may carry 16). synthetic_repair needs a '#### answer' line in each winning one."""
+    for lineno, r in enumerate(islice(iter_pairs(source, 1, "bridging"), limit), start=1):
+        if editor == SYNTHETIC_REPAIR and not any(ANSWER_LINE.match(line) for line in r["chosen"].split("\n")):
+            raise InputError(source, f"id {r['id']!r}: {SYNTHETIC_REPAIR} needs a '#### answer' line in the "
+                             "winning response", lineno, "chosen")
+        counts["records"] += 1
+        yield r | {"negatives": r["negatives"][:1]}
+
+
+def without_distances(pairs: Iterable[dict], counts: Counter) -> Iterator[dict]:
+    """The pairs as written, their edit distances summed into `counts` (with the number of pairs)."""
+    for pair in pairs:
+        counts["pairs"] += 1
+        for key, distance in pair[DISTANCES].items():
+            counts[key] += distance
+        yield {k: v for k, v in pair.items() if k != DISTANCES}
+
+
+def mean_distances(counts: Counter) -> dict:
     """The pairs' mean edit distances, in characters (RapidFuzz's Levenshtein: linear memory, bit-parallel)."""
-    n = max(len(pairs), 1)
-    means = {key: sum(p[DISTANCES][key] for p in pairs) / n for key in ("pseudo_winning_to_losing", "winning_to_losing")}
+    n = max(counts["pairs"], 1)
+    means = {key: counts[key] / n for key in ("pseudo_winning_to_losing", "winning_to_losing")}
     return {**means, "unit": "characters (Levenshtein), mean over pairs"}
 
 
@@ -122,15 +144,8 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     p = json.loads(args.params)
-    # the losing response is the first negative: the others are not held (a merged file may carry 16 per record)
-    records = [r | {"negatives": r["negatives"][:1]} for r in islice(iter_pairs(args.source, 1, "bridging"),
-                                                                        p.get("limit"))]
+    counts = Counter()
     if p["editor"] == SYNTHETIC_REPAIR:
-        for lineno, r in enumerate(records, start=1):
-            if not any(ANSWER_LINE.match(line) for line in r["chosen"].split("\n")):
-                raise InputError(args.source, f"id {r['id']!r}: {SYNTHETIC_REPAIR} needs a '#### answer' line in the "
-                                 "winning response", lineno, "chosen")
-
         def edit(chunk):
             return [synthetic_repair(r["negatives"][0], r["chosen"]) for r in chunk]
         identity = {"stage": "bridge", "params": p, "source": sha256_file(args.source)}
@@ -139,16 +154,20 @@ def main(argv: list[str] | None) -> None:
         identity = fingerprint("bridge", p, p["seed"], args.source,
                                model_identity(args.editor, args.revision, args.chat_template))
 
-    def finish(pairs):
-        if not pairs:  # refused before anything is written (the finished shards stay for a rerun)
-            raise InputError(args.source, f"the editor {p['editor']} rewrote each of the {len(records)} losing "
-                             "responses to an empty text: no bridged pairs")
-        write_jsonl(args.output, [{k: v for k, v in p.items() if k != DISTANCES} for p in pairs])
+    def finish(read):
+        def pairs():
+            yield from without_distances(read(), counts)
+            if not counts["pairs"]:  # refused before the output exists (the finished shards stay for a rerun)
+                raise InputError(args.source, f"the editor {p['editor']} rewrote each of the {counts['records']} "
+                                 "losing responses to an empty text: no bridged pairs")
+        write_jsonl(args.output, pairs())
 
-    pairs, resumed = run_in_shards(args.output, records, lambda chunk: bridge(chunk, edit(chunk)), identity,
-                                   p["shard_size"], f"bridge ({p['editor']})", finish)
-    stats = {"editor": p["editor"], "records": len(records), "pairs": len(pairs),
-             "dropped_empty_rewrites": len(records) - len(pairs), **mean_distances(pairs)}
+    # streamed: memory holds one shard of records, not the source
+    chunks = batches(losing_responses(args.source, p.get("limit"), p["editor"], counts), p["shard_size"])
+    resumed = stream_in_shards(args.output, chunks, None, lambda chunk: bridge(chunk, edit(chunk)), identity,
+                               f"bridge ({p['editor']})", finish)
+    stats = {"editor": p["editor"], "records": counts["records"], "pairs": counts["pairs"],
+             "dropped_empty_rewrites": counts["records"] - counts["pairs"], **mean_distances(counts)}
     write_json(args.stats, stats)
     print(f"{json.dumps(stats)}; {resumed} shards resumed")
 

@@ -134,6 +134,11 @@ def read_jsonl(path: str | os.PathLike, validate: Callable[[dict, Callable[..., 
     return [record for _, record in read_jsonl_numbered(path, validate)]
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """read_jsonl's records one at a time (memory of one record)."""
+    return (record for _, record in iter_jsonl_numbered(path))
+
+
 def read_jsonl_numbered(path: str | os.PathLike,
                         validate: Callable[[dict, Callable[..., InputError]], None] | None = None) -> list[tuple[int, dict]]:
     """read_jsonl's records with the file's line number of each."""

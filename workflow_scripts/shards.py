@@ -8,12 +8,13 @@ when whole, and the shards are removed then.
 from __future__ import annotations
 
 import shutil
+from itertools import islice
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from .io import InputError, read_json, read_jsonl, write_json, write_jsonl
+from .io import InputError, iter_jsonl, read_json, read_jsonl, write_json, write_jsonl
 
 
 def shard_folder(output: str | Path) -> Path:
@@ -29,23 +30,43 @@ def run_in_shards(output: str | Path, items: list, work: Callable[[list], list[d
 
     Returns the records and the number of shards that were resumed from disk.
     """
+    records: list[dict] = []
+
+    def collect(read: Callable[[], Iterator[dict]]) -> None:
+        records.extend(read())
+        (finish or (lambda done: write_jsonl(output, done)))(records)
+
+    chunks = (items[start: start + shard_size] for start in range(0, len(items), shard_size))
+    return records, stream_in_shards(output, chunks, len(items), work, fingerprint, desc, collect)
+
+
+def stream_in_shards(output: str | Path, chunks: Iterable[list], total: int | None,
+                     work: Callable[[list], list[dict]], fingerprint: dict, desc: str,
+                     finish: Callable[[Callable[[], Iterator[dict]]], None]) -> int:
+    """Apply `work` to each chunk as it comes (a stage streaming its input holds one shard); then `finish(read)`
+    writes the stage's outputs, `read()` streaming every record back from the shards in order, and the shards
+    are removed. Returns the number of shards resumed from disk."""
     folder = kept_folder(shard_folder(output), fingerprint)
-    records, resumed = [], 0
-    with tqdm(total=len(items), desc=desc, mininterval=5) as bar:
-        for start in range(0, len(items), shard_size):
-            chunk = items[start: start + shard_size]
-            path = folder / f"shard{start // shard_size:06d}.jsonl"
-            done = _finished_shard(path)
-            if done is not None:
+    paths, resumed = [], 0
+    with tqdm(total=total, desc=desc, mininterval=5) as bar:
+        for index, chunk in enumerate(chunks):
+            path = folder / f"shard{index:06d}.jsonl"
+            if _finished_shard(path) is not None:
                 resumed += 1
             else:
-                done = work(chunk)
-                write_jsonl(path, done)
-            records.extend(done)
+                write_jsonl(path, work(chunk))
+            paths.append(path)
             bar.update(len(chunk))
-    (finish or (lambda done: write_jsonl(output, done)))(records)
+    finish(lambda: (record for path in paths for record in iter_jsonl(path)))
     shutil.rmtree(folder)
-    return records, resumed
+    return resumed
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter), taken from a stream as they are needed."""
+    stream = iter(items)
+    while batch := list(islice(stream, size)):
+        yield batch
 
 
 def _finished_shard(path: Path) -> list[dict] | None:
