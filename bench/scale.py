@@ -25,11 +25,14 @@ from workflow_scripts import synthetic_task
 from workflow_scripts.io import write_json, write_jsonl
 
 from .common import ROOT, machine, make_world, wrong
-from .trainer import BASE
+from .trainer import BASE, cache_params
 
 NEGATIVES = 12
 SIZES = [4000, 61000, 395000]
 SETTINGS = {"max_length": 512, "max_prompt_length": 256, "prompt_format": None, "response_format": None}
+# DPO's reference cache (chosen and first negative) over SETTINGS' lengths, as a run of the bench's trainer would
+DPO = {**BASE, "method": "dpo", "epochs": 1, "max_length": SETTINGS["max_length"],
+       "max_prompt_length": SETTINGS["max_prompt_length"]}
 BRIDGE = {"editor": "synthetic_repair", "shard_size": 2048, "limit": None}  # the fields the stage reads with it
 
 
@@ -86,17 +89,6 @@ def write_inputs(root: Path, n: int) -> tuple[str, list[str]]:
     return str(data), seeds
 
 
-def refcache_params() -> str:
-    """DPO's reference cache settings (the run's schema defaults), in batches of 64 rows."""
-    from workflow_scripts.config import run_settings
-    from workflow_scripts.methods import refcache_settings
-
-    hp = run_settings({**BASE, "method": "dpo", "epochs": 1, "max_length": SETTINGS["max_length"],
-                       "max_prompt_length": SETTINGS["max_prompt_length"]})
-    return json.dumps({**refcache_settings(hp), "negatives": 1, "shard_size": 2048, "batch_size": 64,
-                       "dtype": "float32"})
-
-
 def stage_costs(root: Path, models: dict, n: int) -> dict:
     data, seeds = write_inputs(root, n)
     merged = root / "merged.jsonl"
@@ -104,8 +96,8 @@ def stage_costs(root: Path, models: dict, n: int) -> dict:
            "encode_once": measured("encode", models["bench"], str(merged), str(root / "encoded")),
            "bridge": measured("bridge", "--params", json.dumps(BRIDGE), "--source", str(merged),
                               "--output", str(root / "bridged.jsonl"), "--stats", str(root / "bridged.stats.json")),
-           "refcache": measured("refcache", "--params", refcache_params(), "--model", models["micro"], "--data",
-                                str(merged), "--output", str(root / "reference.safetensors"))}
+           "refcache": measured("refcache", "--params", cache_params(DPO, batch_size=64), "--model", models["micro"],
+                                "--data", str(merged), "--output", str(root / "reference.safetensors"))}
     for stage in out.values():
         stage["records_per_s"] = n / stage["seconds"]
     return out

@@ -41,11 +41,15 @@ def tokens_processed(model: str, data: str, hp: dict) -> tuple[int, int]:
     return rows, computed
 
 
+def cache_params(hp: dict, batch_size: int = 8) -> str:
+    """The reference cache stage's params for a run (its settings with the schema's defaults), as JSON."""
+    return json.dumps({**refcache_settings(run_settings(hp)), "shard_size": 2048, "dtype": hp["dtype"],
+                       "batch_size": batch_size, "negatives": negatives_required(hp["method"], hp)})
+
+
 def build_cache(model: str, data: str, hp: dict, path: Path) -> str:
     """The run's reference cache, by the workflow's own stage."""
-    settings = {**refcache_settings(run_settings(hp)), "shard_size": 2048, "dtype": hp["dtype"], "batch_size": 8,
-                "negatives": negatives_required(hp["method"], hp)}
-    refcache.main(["--params", json.dumps(settings), "--model", model, "--data", data, "--output", str(path)])
+    refcache.main(["--params", cache_params(hp), "--model", model, "--data", data, "--output", str(path)])
     return str(path)
 
 
